@@ -1,0 +1,68 @@
+"""The encoder: what pretraining produces and every later stage consumes.
+
+An encoder is a backbone behind a fixed input normalisation, so its contract is
+simple: float RGB images in [0, 1], shape (B, 3, H, W) -> features (B, feature_dim).
+
+On disk it is two files, loadable without pickle:
+    weights.pt   the state_dict, read with ``torch.load(weights_only=True)``
+    config.json  everything needed to rebuild the module (backbone name and kwargs)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_models.backbones import build_backbone
+
+# Generic RGB statistics; the encoder owns them so callers never normalise by hand.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "config.json"
+
+
+class Encoder(nn.Module):
+    def __init__(self, backbone: str = "resnet18_cifar", backbone_kwargs: dict[str, Any] | None = None, image_size: int = 32) -> None:
+        super().__init__()
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.config = {"backbone": backbone, "backbone_kwargs": backbone_kwargs, "image_size": image_size}
+        self.backbone = build_backbone(backbone, **backbone_kwargs)
+        self.feature_dim: int = self.backbone.feature_dim
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) in [0, 1] -> (B, feature_dim)
+        return self.backbone((images - self.mean) / self.std)
+
+
+def save_encoder(encoder: Encoder, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights.pt and config.json (plus ``extra`` metadata) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    torch.save(state, directory / WEIGHTS_FILE)
+    config = {**encoder.config, "feature_dim": encoder.feature_dim, **(extra or {})}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
+
+
+def encoder_from_weights(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Encoder:
+    """Rebuild an encoder from its config and a state_dict."""
+    encoder = Encoder(config["backbone"], config.get("backbone_kwargs"), config.get("image_size", 32))
+    encoder.load_state_dict(state_dict)
+    return encoder.eval()
+
+
+def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu") -> Encoder:
+    """Load an encoder saved by :func:`save_encoder`; never runs pickle."""
+    directory = Path(directory)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    return encoder_from_weights(config, state)

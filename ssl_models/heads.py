@@ -1,0 +1,45 @@
+"""Projection and prediction heads: small MLPs put on top of a backbone.
+
+The head is thrown away after pretraining; only the backbone is kept as the encoder.
+SimCLR (Chen et al., 2020) showed that the loss is best computed on a projection
+``z = g(h)`` rather than on the representation ``h`` itself.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ProjectionHead(nn.Sequential):
+    """MLP ``Linear -> BN -> ReLU`` repeated, then a last ``Linear`` (optionally BN).
+
+    >>> head = ProjectionHead(128, 512, 64)
+    >>> head(torch.zeros(4, 128)).shape  # doctest: +SKIP
+    torch.Size([4, 64])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int = 2,
+        last_batch_norm: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        dim = input_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, output_dim, bias=not last_batch_norm))
+        if last_batch_norm:
+            # SimSiam and Barlow Twins end the projector with BN (affine off in SimSiam).
+            layers.append(nn.BatchNorm1d(output_dim))
+        super().__init__(*layers)
+
+
+class PredictionHead(ProjectionHead):
+    """The asymmetric predictor of BYOL / SimSiam: a 2-layer MLP with a bottleneck."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__(input_dim, hidden_dim, output_dim, num_layers=2)

@@ -1,0 +1,33 @@
+"""SSL methods, one readable file each, chosen by name with ``pretrain.method``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.methods.base import SSLMethod, StepOutput
+from ssl_models.methods.simclr import SimCLR
+
+METHODS: dict[str, type] = {
+    "simclr": SimCLR,
+}
+
+
+def method_class(name: str) -> type:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def default_backbone(name: str) -> str:
+    """The backbone a method prefers, used when ``pretrain.backbone`` is ``auto``."""
+    return method_class(name).backbones[0]
+
+
+def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any) -> SSLMethod:
+    """Build method ``name`` around ``encoder``; ``hparams`` override its defaults."""
+    return method_class(name)(encoder, views, **hparams)
+
+
+__all__ = ["METHODS", "SSLMethod", "StepOutput", "build_method", "default_backbone", "method_class"]

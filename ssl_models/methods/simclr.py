@@ -1,0 +1,51 @@
+"""SimCLR: two augmented views of each image should agree, against all other views.
+
+Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive Learning of
+Visual Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+
+    images --views--> x_a, x_b --encoder--> h_a, h_b --projector--> z_a, z_b
+    loss = NT-Xent(z_a, z_b, t)
+
+Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
+Kept after training: ``encoder`` (the projector is dropped).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.heads import ProjectionHead
+from ssl_models.losses.nt_xent import nt_xent_loss
+from ssl_models.methods.base import StepOutput
+
+
+class SimCLR(nn.Module):
+    backbones = ("resnet18_cifar",)
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        views: ViewPolicy,
+        projection_dim: int = 128,
+        hidden_dim: int = 512,
+        temperature: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.views = views
+        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim)
+        self.temperature = temperature
+
+    def training_step(self, images: torch.Tensor) -> StepOutput:
+        # images: (B, 3, H, W) in [0, 1]; the two views are drawn independently.
+        n = images.shape[0]
+        views = torch.cat([self.views(images), self.views(images)])  # (2B, 3, S, S)
+        z = self.projector(self.encoder(views))  # one pass: BN sees both views
+        z_a, z_b = z[:n], z[n:]
+        return StepOutput(nt_xent_loss(z_a, z_b, self.temperature), z_a.detach())
+
+    def after_step(self, progress: float) -> None:
+        """SimCLR has no momentum parts; nothing to update."""
