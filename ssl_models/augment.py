@@ -148,6 +148,11 @@ class ViewPolicy:
     grayscale_p: float = 0.2
     blur_p: float = 0.0
 
+    @property
+    def is_random(self) -> bool:
+        """False only for a policy that returns every image unchanged up to resizing."""
+        return self.crop_scale[0] < 1 or any(p > 0 for p in (self.flip_p, self.jitter_p, self.grayscale_p, self.blur_p))
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         views = random_resized_crop(images, self.size, self.crop_scale, flip_p=self.flip_p)
         views = color_jitter(views, self.brightness, self.contrast, self.saturation, self.hue, self.jitter_p)

@@ -6,9 +6,11 @@ so that configs stay plain data (``{"name": "resnet18_cifar", "width": 16}``).
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -66,14 +68,181 @@ class ResNet18Cifar(nn.Module):
         # x: (B, 3, H, W) -> (B, 8 * width)
         return self.pool(self.stages(self.stem(x))).flatten(1)
 
+    def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map before pooling, for dense pretext tasks (colorization,
+        inpainting): (B, 3, H, W) -> (B, 8 * width, H / 8, W / 8). ``forward`` pools it."""
+        return self.stages(self.stem(x))
+
+
+def sincos_position_embedding(dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding, as MAE: (grid_size**2 [+1], dim).
+
+    Half of the channels encode the row, half the column; each half is sin and cos of
+    the coordinate at geometrically spaced frequencies (Vaswani et al., 2017). The
+    class token, when there is one, gets zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"the embedding dim must be a multiple of 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (D/4,)
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # row-major, as patchify
+
+    def encode(position: torch.Tensor) -> torch.Tensor:  # (L,) -> (L, D/2)
+        angles = position.flatten()[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    embedding = torch.cat([encode(rows), encode(cols)], dim=1).float()  # (L, D)
+    if cls_token:
+        embedding = torch.cat([torch.zeros(1, dim), embedding])
+    return embedding
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, L, D / heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """A small ViT (Dosovitskiy et al., 2021) for 32x32 images, the backbone of MAE.
+
+    The image is cut into ``patch_size`` squares (4 px: an 8x8 grid of 64 tokens at
+    32x32), each linearly embedded, a class token prepended, a fixed sine-cosine
+    position embedding added, then ``depth`` pre-norm blocks and a final LayerNorm.
+    The feature is the mean of the patch tokens after that norm (``pool="mean"``) or
+    the class token (``pool="cls"``); mean pooling gives the better frozen features
+    after MAE, whose class token receives no direct training signal.
+
+    Defaults (dim 128, depth 4, 4 heads) run at a reasonable speed on 2 CPU cores;
+    the real ViT-Tiny is dim 192, depth 12, 3 heads. ``width`` lets the pipeline's one
+    size knob drive this backbone too: when given, ``dim = 8 * width``, the feature
+    size of ResNet18Cifar at the same width, and ``heads = dim // 32``.
+
+    The pieces are public so that MAE can run the encoder on visible patches only
+    (the Encoder's input normalisation must then be applied by the caller):
+        patch_embed  Conv2d, (B, 3, H, W) -> (B, dim, H/p, W/p); ``embed_patches`` flattens it
+        cls_token    (1, 1, dim) parameter
+        pos_embed    (1, 1 + L, dim) fixed buffer, class token first (zeros)
+        blocks       nn.ModuleList of TransformerBlock
+        norm         the final LayerNorm
+
+    >>> vit = VisionTransformer()
+    >>> vit(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 128])
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        pool: str = "mean",
+        width: int | None = None,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        if width is not None:
+            dim = 8 * width
+        heads = heads or max(1, dim // 32)
+        self.image_size, self.patch_size, self.pool_mode = image_size, patch_size, pool
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed, not learned (as MAE): recomputed on construction, so not in the state_dict.
+        pos = sincos_position_embedding(dim, self.grid_size, cls_token=True)
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.feature_dim = dim
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As MAE: xavier for linear layers and the patch projection, small normal for the token.
+        nn.init.normal_(self.cls_token, std=0.02)
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> patch tokens with position (B, L, dim), no class token."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, dim), row-major
+        return tokens + self.pos_embed[:, 1:]
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> all tokens after the final norm (B, 1 + L, dim), class token first."""
+        tokens = self.embed_patches(x)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, H, W) -> (B, dim)
+        tokens = self.forward_tokens(x)
+        return tokens[:, 1:].mean(dim=1) if self.pool_mode == "mean" else tokens[:, 0]
+
+    def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens as a map, like ResNet18Cifar's: (B, 3, H, W) -> (B, dim, H/p, W/p)."""
+        tokens = self.forward_tokens(x)[:, 1:]  # (B, L, dim)
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, self.grid_size, self.grid_size)
+
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": ResNet18Cifar,
+    "vit_tiny": VisionTransformer,
 }
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
-    """Build a registered backbone by name; kwargs go to its constructor."""
+    """Build a registered backbone by name.
+
+    Callers pass the pipeline's common settings (``width``, ``image_size``, ...); each
+    backbone takes the ones its constructor names and ignores the rest, so configs
+    need no per-backbone branches.
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](**kwargs)
+    constructor = BACKBONES[name]
+    accepted = inspect.signature(constructor).parameters
+    return constructor(**{k: v for k, v in kwargs.items() if k in accepted})

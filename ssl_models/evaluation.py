@@ -6,8 +6,8 @@ baselines (random init, raw pixels) go through exactly the same protocol.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -43,3 +43,31 @@ class PredictionHead(ProjectionHead):
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
         super().__init__(input_dim, hidden_dim, output_dim, num_layers=2)
+
+
+class ConvDecoder(nn.Sequential):
+    """A light decoder from a feature map to a dense prediction, for pixel pretext tasks.
+
+    Each stage resizes to the next size in ``sizes`` (bilinear) and applies
+    ``Conv3x3 -> BN -> ReLU``; a 1x1 convolution gives ``output_channels`` per pixel.
+    Resizing to fixed sizes rather than by fixed factors makes the same head work on
+    the 4x4 map of ResNet18Cifar and the 8x8 map of the ViT.
+
+    >>> head = ConvDecoder(128, 3, sizes=(8, 16, 32))
+    >>> head(torch.zeros(2, 128, 4, 4)).shape  # doctest: +SKIP
+    torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, input_channels: int, output_channels: int, sizes: tuple[int, ...], hidden_channels: int = 64) -> None:
+        layers: list[nn.Module] = []
+        channels = input_channels
+        for size in sizes:
+            layers += [
+                nn.Upsample(size=(size, size), mode="bilinear", align_corners=False),
+                nn.Conv2d(channels, hidden_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden_channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels = hidden_channels
+        layers.append(nn.Conv2d(channels, output_channels, 1))
+        super().__init__(*layers)

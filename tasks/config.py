@@ -79,14 +79,19 @@ class PipelineConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     pretrain: PretrainConfig = PretrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    register: RegisterConfig = RegisterConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    # "validate" and "register" are names pydantic's BaseModel already uses, so those
+    # sections are stored as validate_ / register_ and read through these properties.
     @property
     def validate(self) -> ValidateConfig:  # type: ignore[override]
-        # "validate" is a BaseModel method name, so the field is stored as validate_.
         return self.validate_
+
+    @property
+    def register(self) -> RegisterConfig:  # type: ignore[override]
+        return self.register_
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

@@ -14,7 +14,7 @@ class Layout:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path = ".") -> "Layout":
+    def at(cls, root: str | Path = ".") -> Layout:
         return cls(Path(root).resolve())
 
     @property

@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 TORCHVISION_PREFIX = "torchvision:"
@@ -89,11 +89,21 @@ def export_torchvision(spec: str, downloads: Path, download: bool = True) -> Pat
             dataset = cls(str(raw), train=(split or "train") == "train", download=download)
     except (RuntimeError, OSError) as err:
         raise SourceError(f"torchvision:{spec}: {err}") from None
+    return export_dataset(dataset, target)
+
+
+def export_dataset(dataset, target: Path) -> Path:
+    """Write any torchvision-style dataset of (PIL image, label) as PNG files.
+
+    Labeled datasets become ``<class>/`` folders; unlabeled ones (label -1 or None,
+    as STL10's unlabeled split) go to ``unlabeled/``.
+    """
     classes = getattr(dataset, "classes", None)
     target.mkdir(parents=True, exist_ok=True)
     for index in range(len(dataset)):
         image, label = dataset[index]
-        folder = target / (classes[label] if classes and label is not None and label >= 0 else "unlabeled")
+        labeled = classes and label is not None and label >= 0
+        folder = target / (classes[label] if labeled else "unlabeled")
         folder.mkdir(exist_ok=True)
         image.convert("RGB").save(folder / f"{index:06d}.png")
     (target / ".complete").touch()

@@ -1,8 +1,8 @@
 """Validate stage: a Great Expectations checkpoint over the per-image table.
 
-Nothing is trained on data that did not pass. On failure the stage raises
-:class:`DataValidationError` whose message names the failed expectations and the
-first offending files with their faults; the CLI prints it and exits non-zero.
+Nothing is trained on data that did not pass. The stage returns a report per source
+(failed expectations, counts, the first offending files with their faults); callers
+stop on failure (:func:`raise_for_failures`), the CLI prints it and exits non-zero.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ValidateConfig
+from tasks.config import PipelineConfig, ValidateConfig
 from tasks.image_table import build_table
+from tasks.layout import Layout
 from tasks.sources import list_images, open_source
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,10 @@ def run_checkpoint(table: pd.DataFrame, cfg: ValidateConfig, name: str):
     """Run the suite as a GX Checkpoint on ``table``; returns the CheckpointResult."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one line per image table, not per metric
     batch = context.data_sources.add_pandas(name).add_dataframe_asset("image_table").add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(build_suite(cfg, name))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
@@ -119,9 +125,28 @@ def validate_source(source: str | Path, name: str, cfg: ValidateConfig, out_dir:
         table = build_table(root, files)
     result = run_checkpoint(table, cfg, name)
     report = ValidationReport(name, str(source), len(table), bool(result.success), _failures(result, table))
+    # Ingest decodes exactly the accepted rows; a failed validation accepts none.
+    table["accepted"] = report.success
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / f"{name}_table.csv", index=False)
     (out_dir / f"{name}.json").write_text(json.dumps(asdict(report), indent=2))
-    if not report.success:
-        raise DataValidationError(report.summary())
     return report
+
+
+def validate_stage(layout: Layout, cfg: PipelineConfig) -> list[ValidationReport]:
+    """Validate the unlabeled pool and the labeled evaluation set; never raises on bad data."""
+    return [
+        validate_source(source, name, cfg.validate, layout.validation, layout.downloads)
+        for name, source in (("unlabeled", cfg.data.unlabeled), ("labeled", cfg.data.labeled))
+    ]
+
+
+def raise_for_failures(reports: list[ValidationReport]) -> None:
+    failed = [r for r in reports if not r.success]
+    if failed:
+        raise DataValidationError("\n".join(r.summary() for r in failed))
+
+
+# The Prefect task is the stage function as-is. No result caching: inputs are a layout
+# and a config, and DVC already decides what is stale from content hashes.
+validate_task = task(validate_stage, name="validate", cache_policy=NO_CACHE)

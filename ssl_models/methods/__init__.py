@@ -7,10 +7,30 @@ from typing import Any
 from ssl_models.augment import ViewPolicy
 from ssl_models.encoder import Encoder
 from ssl_models.methods.base import SSLMethod, StepOutput
+from ssl_models.methods.barlow_twins import BarlowTwins
+from ssl_models.methods.byol import BYOL
+from ssl_models.methods.colorization import Colorization
+from ssl_models.methods.inpainting import Inpainting
+from ssl_models.methods.mae import MAE
+from ssl_models.methods.moco import MoCo
+from ssl_models.methods.relative_patch import RelativePatchLocation
+from ssl_models.methods.rotation import RotationPrediction
 from ssl_models.methods.simclr import SimCLR
+from ssl_models.methods.simsiam import SimSiam
+from ssl_models.methods.vicreg import VICReg
 
 METHODS: dict[str, type] = {
     "simclr": SimCLR,
+    "moco": MoCo,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
+    "mae": MAE,
+    "rotation": RotationPrediction,
+    "relative_patch": RelativePatchLocation,
+    "colorization": Colorization,
+    "inpainting": Inpainting,
 }
 
 

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: setup run test repro mlflow-ui prefect-ui clean
+
+# Create the venv if missing and install the project (re-installs when pyproject.toml changes).
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@test -d .git || git init --quiet
+
+## The main job: the whole pipeline on the bundled sample (or params.yaml's data).
+run: setup
+	$(BIN)/sslpipe run $(ARGS)
+
+## The test suite, on real Prefect, MLflow, GX and DVC.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The same stages through DVC.
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+prefect-ui: setup
+	$(BIN)/prefect server start
+
+clean:
+	rm -rf data/prepared models reports

@@ -1,0 +1,138 @@
+"""``sslpipe``: run the whole pipeline, or one stage (what ``dvc.yaml`` calls).
+
+Imports stay inside the commands so that ``sslpipe --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+STAGES = {
+    "validate": "check the images with a Great Expectations checkpoint (reports/validation/)",
+    "ingest": "decode validated images into data/prepared/ (the DVC-tracked training data)",
+    "augment": "check the view policy and draw reports/augment_preview.png",
+    "pretrain": "train the SSL method; writes models/encoder/ and opens the MLflow run",
+    "evaluate": "linear probe and kNN for SSL, random-init and raw pixels (reports/metrics.json)",
+    "register": "log the encoder to MLflow and register a new version of the model",
+}
+
+
+class ExpectedError(Exception):
+    """A fault of the input or the config: printed without a traceback, exit 2."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml in the project root)")
+    parser.add_argument("--root", default=".", help="project root holding data/, reports/, models/ (default: .)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)")
+    parser.add_argument("--data", metavar="DIR", help="unlabeled images: a folder, a tar archive, or torchvision:NAME (sets data.unlabeled)")
+    parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class (sets data.labeled)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslpipe",
+        description="Self-supervised pretraining pipeline: unlabeled images in, a pretrained, evaluated, registered encoder out.",
+        epilog="MLflow store: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db. Prefect: $PREFECT_API_URL, else a temporary local server.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run every stage as one Prefect flow and print the summary", description="Run validate, ingest, augment, pretrain, evaluate and register as one Prefect flow, tracked in one MLflow run.")
+    _common(run)
+    for name, text in STAGES.items():
+        _common(commands.add_parser(name, help=text, description=f"Stage '{name}': {text}."))
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from tasks.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.unlabeled={args.data}")
+    if args.eval_data:
+        overrides.append(f"data.labeled={args.eval_data}")
+    params = Path(args.params)
+    if not params.is_absolute():
+        params = Path(args.root) / params
+    try:
+        return load_config(params, overrides)
+    except ConfigError as err:
+        raise ExpectedError(str(err)) from None
+
+
+def _check_sources(cfg) -> None:
+    from tasks.sources import TORCHVISION_PREFIX
+
+    for key, source in (("data.unlabeled", cfg.data.unlabeled), ("data.labeled", cfg.data.labeled)):
+        if not source.startswith(TORCHVISION_PREFIX) and not Path(source).exists():
+            raise ExpectedError(f"{source}: no such file or folder ({key})")
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _check_sources(cfg)
+    from flows.pipeline import ssl_pipeline
+    from tasks.evaluate import summary_table
+
+    state = ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), return_state=True)
+    if state.is_failed():
+        raise ExpectedError(state.message or "the pipeline failed; see the log above")
+    result = state.result()
+    print(f"\n{cfg.pretrain.method} encoder registered as {cfg.register.model_name} version {result['version']} (@{cfg.register.alias})")
+    print(f"MLflow run {result['run_id']}\n")
+    print(summary_table(result["metrics"]))
+    return 0
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    import importlib
+
+    from tasks.layout import Layout
+
+    cfg = _config(args)
+    layout = Layout.at(args.root)
+    module = importlib.import_module(f"tasks.{args.command}")
+    stage = getattr(module, f"{args.command}_stage")
+    if args.command == "validate":
+        _check_sources(cfg)
+        reports = stage(layout, cfg)
+        for report in reports:
+            print(report.summary())
+        if not all(r.success for r in reports):
+            return 2
+    elif args.command == "pretrain":
+        stage(layout, cfg, progress=not args.quiet)
+    else:
+        result = stage(layout, cfg)
+        if args.command == "evaluate":
+            print(module.summary_table(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Telemetry calls hang or fail without a network; opt out unless the user opted in.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from tasks.sources import SourceError
+
+    try:
+        return run_pipeline(args) if args.command == "run" else run_stage(args)
+    except (ExpectedError, SourceError, FileNotFoundError) as err:
+        print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Barlow Twins: make the cross-correlation of two views' embeddings the identity.
+
+Zbontar, Jing, Misra, LeCun, Deny. "Barlow Twins: Self-Supervised Learning via
+Redundancy Reduction", ICML 2021. https://arxiv.org/abs/2103.03230
+
+    images --views--> x_a, x_b --encoder + projector--> z_a, z_b  (N, D)
+    C = BN(z_a)^T BN(z_b) / N                                      (D, D)
+    loss = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2,   lambda = 5e-3
+
+Each dimension is standardised over the batch before the correlation, so the loss
+needs no negatives and no asymmetry; the off-diagonal term decorrelates the
+dimensions, which is what prevents collapse. The projector (3 layers in the paper,
+8192 wide; 512 here for a CPU) ends in a plain Linear; the loss does the normalising.
+lambda 5e-3 is the paper's value at D = 8192; it works at D = 512 too (the
+off-diagonal sum has fewer terms, so the decorrelation pressure is milder).
+
+Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
+Kept after training: ``encoder`` (the projector is dropped).
+Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine) works; the paper uses
+LARS, lr 0.2 per 256 for weights, wd 1.5e-6. The loss is large (hundreds at the
+start for D = 512), which SGD copes with because BN bounds the correlations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.heads import ProjectionHead
+from ssl_models.losses.barlow_twins import barlow_twins_loss
+from ssl_models.methods.base import StepOutput
+
+
+class BarlowTwins(nn.Module):
+    backbones = ("resnet18_cifar", "vit_tiny")
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        views: ViewPolicy,
+        projection_dim: int = 512,
+        hidden_dim: int = 512,
+        lambda_offdiag: float = 5e-3,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.views = views
+        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim, num_layers=3)
+        self.lambda_offdiag = lambda_offdiag
+
+    def training_step(self, images: torch.Tensor) -> StepOutput:
+        # images: (B, 3, H, W) in [0, 1]
+        n = images.shape[0]
+        x = torch.cat([self.views(images), self.views(images)])  # (2B, 3, S, S)
+        z = self.projector(self.encoder(x))  # (2B, D), one pass so BN sees both views
+        z_a, z_b = z[:n], z[n:]
+        return StepOutput(barlow_twins_loss(z_a, z_b, self.lambda_offdiag), z_a.detach())
+
+    def after_step(self, progress: float) -> None:
+        """Barlow Twins has no momentum parts; nothing to update."""

@@ -1,0 +1,119 @@
+"""Relative patch location: which of the 8 neighbours of the centre patch is this?
+
+Doersch, Gupta, Efros. "Unsupervised Visual Representation Learning by Context
+Prediction", ICCV 2015. https://arxiv.org/abs/1505.05192
+
+    image --3x3 grid of patches, with gaps and jitter--> centre c, neighbour n_r, r = 0..7
+    logits = head( [encoder(c), encoder(n_r)] )     features concatenated, (B, 8)
+    loss = cross_entropy(logits, r)
+
+The network can only solve this by knowing what objects look like and how their
+parts are laid out, unless it finds a shortcut; the paper closes two:
+  * low-level continuation (lines, textures running across the border): patches are
+    separated by a gap and each is jittered by a few pixels, so borders never meet
+    and the grid is not exactly regular;
+  * chromatic aberration (colour fringes that grow towards the image border give the
+    absolute position away): "colour dropping" replaces 2 of 3 channels of a patch
+    by faint noise. At 32x32 there is little aberration left, and the encoder is
+    evaluated on colour images, so here it is applied to a fraction ``color_drop_p``
+    of the pairs (both patches) rather than always.
+
+Geometry at 32x32 (pixels): patches of 7, gaps of 4, jitter of +-1 and a random grid
+offset: 3 * 7 + 2 * 4 = 29 px, which fits with the jitter. The paper's ratios are
+about the same (96 px patches, 48 px gaps, 7 px jitter). Each patch is resampled to
+16x16 (bilinear, one ``grid_sample`` for the whole batch, so sub-pixel jitter costs
+nothing): upsampling adds no information, but at 7 px the CIFAR ResNet's three
+stride-2 stages would leave a 1x1 map; at 16 px it is 2x2 before pooling, and a pair
+of patches costs about half a 32x32 image. One neighbour is drawn per image per step.
+
+Backbones: ``resnet18_cifar`` (any CNN with adaptive pooling; the ViT's position
+embedding is fixed to 32x32 inputs).
+Kept after training: ``encoder`` (the pair classifier is dropped).
+Embeddings for collapse monitoring: encoder features of the centre patches.
+Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine) works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_models.augment import ViewPolicy, random_resized_crop
+from ssl_models.encoder import Encoder
+from ssl_models.heads import ProjectionHead
+from ssl_models.methods.base import StepOutput
+
+# (row, col) of the 8 neighbours in the 3x3 grid; the class label is the index here.
+NEIGHBOURS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
+
+
+class RelativePatchLocation(nn.Module):
+    backbones = ("resnet18_cifar",)
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        views: ViewPolicy,
+        patch_pixels: float = 7,
+        gap_pixels: float = 4,
+        jitter_pixels: float = 1,
+        patch_resolution: int = 16,
+        color_drop_p: float = 0.5,
+        hidden_dim: int = 256,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.image_size = views.size  # only the crop size is taken from the view policy
+        span = 3 * patch_pixels + 2 * gap_pixels + 2 * jitter_pixels
+        if span > self.image_size:
+            raise ValueError(f"a 3x3 grid of {patch_pixels}px patches spans {span}px > image size {self.image_size}")
+        self.patch, self.pitch, self.jitter = patch_pixels, patch_pixels + gap_pixels, jitter_pixels
+        self.patch_resolution, self.color_drop_p, self.crop_scale = patch_resolution, color_drop_p, crop_scale
+        self.head = ProjectionHead(2 * encoder.feature_dim, hidden_dim, len(NEIGHBOURS))
+
+    def _extract(self, images: torch.Tensor, cells: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """Cut one jittered patch per image from grid cell ``cells`` (B, 2) = (row, col).
+
+        origin (B, 2): top-left of the grid in pixels (x, y). Returns (B, 3, R, R).
+        """
+        n, size = images.shape[0], self.image_size
+        jitter = (torch.rand(n, 2, device=images.device) * 2 - 1) * self.jitter
+        top_left = origin + cells.flip(1) * self.pitch + jitter  # (B, 2) as (x, y)
+        center = (top_left + self.patch / 2) / size * 2 - 1  # normalised coordinates
+        theta = torch.zeros(n, 2, 3, device=images.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = self.patch / size  # half-extent of the patch
+        theta[:, :, 2] = center
+        grid = F.affine_grid(theta, [n, 3, self.patch_resolution, self.patch_resolution], align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _drop_colour(self, patches: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+        """Keep one random channel where ``apply`` (B,); the other two become faint noise."""
+        n = patches.shape[0]
+        keep = torch.randint(0, 3, (n,), device=patches.device)
+        kept_std = patches[torch.arange(n), keep].flatten(1).std(dim=1).view(n, 1, 1, 1)
+        noise = self.encoder.mean + 0.01 * kept_std * torch.randn_like(patches)  # ~0 after normalising
+        dropped = torch.where(F.one_hot(keep, 3).bool().view(n, 3, 1, 1), patches, noise)
+        return torch.where(apply.view(n, 1, 1, 1), dropped, patches)
+
+    def training_step(self, images: torch.Tensor) -> StepOutput:
+        # images: (B, 3, H, W) in [0, 1]
+        n, device = images.shape[0], images.device
+        x = random_resized_crop(images, self.image_size, scale=self.crop_scale)
+        span = 2 * self.pitch + self.patch
+        # Random grid placement within what the jitter leaves free.
+        origin = self.jitter + torch.rand(n, 2, device=device) * (self.image_size - span - 2 * self.jitter)
+        labels = torch.randint(0, len(NEIGHBOURS), (n,), device=device)  # (B,)
+        neighbour_cells = torch.tensor(NEIGHBOURS, device=device, dtype=torch.float)[labels]  # (B, 2)
+        centre_cells = torch.ones(n, 2, device=device)
+        centre = self._extract(x, centre_cells, origin)  # (B, 3, R, R)
+        neighbour = self._extract(x, neighbour_cells, origin)
+        drop = torch.rand(n, device=device) < self.color_drop_p  # per pair
+        centre, neighbour = self._drop_colour(centre, drop), self._drop_colour(neighbour, drop)
+        features = self.encoder(torch.cat([centre, neighbour]))  # (2B, F), one pass
+        logits = self.head(torch.cat([features[:n], features[n:]], dim=1))  # (B, 8)
+        return StepOutput(F.cross_entropy(logits, labels), features[:n].detach())
+
+    def after_step(self, progress: float) -> None:
+        """Relative patch location has no momentum parts; nothing to update."""

@@ -1,0 +1,62 @@
+"""VICReg: invariance, plus variance and covariance terms that rule out collapse.
+
+Bardes, Ponce, LeCun. "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning", ICLR 2022. https://arxiv.org/abs/2105.04906
+
+    images --views--> x_a, x_b --encoder + expander--> z_a, z_b  (N, D)
+    loss = 25 * MSE(z_a, z_b)                                   invariance
+         + 25 * mean over both branches of mean_i relu(1 - std_i)   variance (gamma = 1)
+         +  1 * sum over both branches of sum_{i != j} Cov_ij^2 / D  covariance
+
+Each branch is regularised on its own, so nothing is shared or normalised between
+them: no negatives, no momentum encoder, no stop-gradient. The expander (3 layers,
+8192 wide in the paper; 512 here for a CPU) ends in a plain Linear so the variance
+term sees unnormalised outputs.
+
+Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
+Kept after training: ``encoder`` (the expander is dropped).
+Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine) works on short runs;
+the paper uses LARS, lr 0.2 per 256, wd 1e-6.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.heads import ProjectionHead
+from ssl_models.losses.vicreg import vicreg_loss
+from ssl_models.methods.base import StepOutput
+
+
+class VICReg(nn.Module):
+    backbones = ("resnet18_cifar", "vit_tiny")
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        views: ViewPolicy,
+        projection_dim: int = 512,
+        hidden_dim: int = 512,
+        sim_coeff: float = 25.0,
+        std_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.views = views
+        self.expander = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim, num_layers=3)
+        self.coeffs = {"sim_coeff": sim_coeff, "std_coeff": std_coeff, "cov_coeff": cov_coeff}
+
+    def training_step(self, images: torch.Tensor) -> StepOutput:
+        # images: (B, 3, H, W) in [0, 1]
+        n = images.shape[0]
+        x = torch.cat([self.views(images), self.views(images)])  # (2B, 3, S, S)
+        z = self.expander(self.encoder(x))  # (2B, D)
+        z_a, z_b = z[:n], z[n:]
+        return StepOutput(vicreg_loss(z_a, z_b, **self.coeffs), z_a.detach())
+
+    def after_step(self, progress: float) -> None:
+        """VICReg has no momentum parts; nothing to update."""

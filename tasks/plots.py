@@ -1,0 +1,51 @@
+"""Small matplotlib figures the stages write as PNGs (and log to MLflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: Sequence[dict], path: Path) -> Path:
+    """Loss, embedding std and effective rank per epoch, side by side."""
+    plt = _pyplot()
+    keys = [("loss", "loss"), ("embedding_std", "std of normalised embeddings"), ("effective_rank", "effective rank")]
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, (key, title) in zip(axes, keys):
+        ax.plot(epochs, [row[key] for row in history], marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path) -> Path:
+    """Linear-probe and kNN accuracy for each encoder, grouped bars."""
+    plt = _pyplot()
+    names = list(metrics)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    for offset, key in [(-width / 2, "linear_probe_acc"), (width / 2, "knn_acc")]:
+        values = [metrics[n][key] for n in names]
+        bars = ax.bar([i + offset for i in range(len(names))], values, width, label=key)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,52 @@
+"""The command line as a user meets it: real processes, real exit codes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+BIN = Path(sys.executable).parent
+
+
+def sslpipe(*args, cwd, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([str(BIN / "sslpipe"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_help_explains_every_command(tmp_path):
+    out = sslpipe("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for command in ("run", "validate", "ingest", "augment", "pretrain", "evaluate", "register"):
+        assert command in out.stdout
+    run_help = sslpipe("run", "--help", cwd=tmp_path).stdout
+    for option in ("--data", "--eval-data", "--set", "--params", "--root"):
+        assert option in run_help
+
+
+def test_missing_data_folder_is_a_clear_error(project):
+    out = sslpipe("run", "--data", "no/such/folder", cwd=project)
+    assert out.returncode == 2
+    assert "no/such/folder: no such file or folder" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_bad_override_is_a_clear_error(project):
+    out = sslpipe("pretrain", "--set", "pretrain.epochz=3", cwd=project)
+    assert out.returncode == 2
+    assert "pretrain.epochz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_corrupt_file_stops_run_at_validation_and_registers_nothing(project, mlflow_store):
+    pool = project / "input" / "unlabeled"
+    (pool / "evil.jpg").write_text("<html>this is not a jpeg</html>")
+    out = sslpipe("run", cwd=project)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "evil.jpg" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (project / "data" / "prepared").exists()
+    assert MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models() == []
+
+    alone = sslpipe("validate", cwd=project)
+    assert alone.returncode == 2 and "evil.jpg" in alone.stdout

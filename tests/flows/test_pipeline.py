@@ -1,0 +1,77 @@
+"""The flow end to end on a real Prefect server, a real sqlite MLflow store and the
+real GX checkpoint, on a tiny slice of the bundled CIFAR-10 sample."""
+
+import json
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+
+from flows.pipeline import ssl_pipeline
+from ssl_models.encoder import load_encoder
+from ssl_models.evaluation import extract_features
+from tasks.config import load_config
+from tasks.lineage import dvc_hash
+from tasks.register import load_registered_encoder
+
+STAGES = {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.type.value for run in runs}
+
+
+def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, prefect_server):
+    state = ssl_pipeline(config=load_config(project / "params.yaml"), root=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    flow_run_id = state.state_details.flow_run_id
+    assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
+
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert set(metrics) == {"ssl", "random_init", "raw_pixels"}
+    for scores in metrics.values():
+        assert 0 <= scores["linear_probe_acc"] <= 1 and 0 <= scores["knn_acc"] <= 1
+
+    client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["pretrain.epochs"] == "2"
+    assert run.data.params["pretrain.method"] == "simclr"
+    assert run.data.metrics["ssl/knn_acc"] == metrics["ssl"]["knn_acc"]
+    assert len(client.get_metric_history(run.info.run_id, "pretrain/loss")) == 2
+    for key in ("pretrain/lr", "pretrain/images_per_s", "pretrain/embedding_std", "pretrain/effective_rank"):
+        assert key in run.data.metrics
+    assert run.data.tags["data_version"] == dvc_hash(project / "data" / "prepared" / "unlabeled")
+    assert run.data.tags["prefect_flow_run_id"] == str(flow_run_id)
+    assert run.data.tags["git_commit"]
+    artifacts = {a.path for folder in ("plots", "augment", "validation") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"plots/curves.png", "plots/evaluation.png", "augment/augment_preview.png", "validation/unlabeled.json"} <= artifacts
+
+    version = client.get_model_version_by_alias("ssl-encoder", "challenger")
+    assert int(version.version) == result["version"] == 1
+    assert version.tags["method"] == "simclr"
+    assert version.tags["data_version"] == run.data.tags["data_version"]
+    assert float(version.tags["linear_probe_acc"]) == round(metrics["ssl"]["linear_probe_acc"], 4)
+
+    mlflow.set_tracking_uri(mlflow_store)
+    from_registry = load_registered_encoder("models:/ssl-encoder@challenger", root=project)
+    local = load_encoder(project / "models" / "encoder")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(extract_features(from_registry, images), extract_features(local, images))
+
+
+def test_corrupt_file_stops_the_flow_before_training(project, mlflow_store, prefect_server):
+    pool = project / "input" / "unlabeled"
+    (pool / "broken.jpg").write_bytes(next(pool.glob("*.jpg")).read_bytes()[:150])
+    state = ssl_pipeline(config=load_config(project / "params.yaml"), root=str(project), return_state=True)
+    assert state.is_failed()
+    assert "broken.jpg" in state.message
+    assert not (project / "data" / "prepared").exists()
+    assert not (project / "models").exists()
+    assert MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models() == []

@@ -1,0 +1,278 @@
+"""Every loss against the paper's formula written out with plain Python loops.
+
+The reference implementations below deliberately share no code with ssl_models.losses:
+they walk over rows and dimensions one scalar at a time, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_models.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    info_nce_loss,
+    masked_mse_loss,
+    negative_cosine_similarity,
+    nt_xent_loss,
+    vicreg_loss,
+)
+
+
+def rows(x: torch.Tensor) -> list[list[float]]:
+    return x.double().tolist()
+
+
+def dot(u: list[float], v: list[float]) -> float:
+    return sum(a * b for a, b in zip(u, v))
+
+
+def norm(u: list[float]) -> float:
+    return math.sqrt(dot(u, u))
+
+
+def cos(u: list[float], v: list[float]) -> float:
+    return dot(u, v) / (norm(u) * norm(v))
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def column(z: list[list[float]], j: int) -> list[float]:
+    return [row[j] for row in z]
+
+
+@pytest.fixture
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+
+
+# --- NT-Xent (SimCLR) ---------------------------------------------------------------
+
+
+def nt_xent_reference(z_a: torch.Tensor, z_b: torch.Tensor, t: float) -> float:
+    z = rows(z_a) + rows(z_b)
+    n = len(z_a)
+    losses = []
+    for i in range(2 * n):
+        j = i + n if i < n else i - n  # the other view of the same image
+        denominator = sum(math.exp(cos(z[i], z[k]) / t) for k in range(2 * n) if k != i)
+        losses.append(-math.log(math.exp(cos(z[i], z[j]) / t) / denominator))
+    return mean(losses)
+
+
+def test_nt_xent_matches_the_formula(pair):
+    z_a, z_b = pair
+    for t in (0.1, 0.5):
+        assert nt_xent_loss(z_a, z_b, t).item() == pytest.approx(nt_xent_reference(z_a, z_b, t), rel=1e-5)
+
+
+def test_nt_xent_is_symmetric_and_ignores_batch_order_and_scale(pair):
+    z_a, z_b = pair
+    loss = nt_xent_loss(z_a, z_b)
+    perm = torch.randperm(len(z_a))
+    assert nt_xent_loss(z_b, z_a).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert nt_xent_loss(z_a[perm], z_b[perm]).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert nt_xent_loss(3 * z_a, 0.5 * z_b).item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+# --- InfoNCE with a queue (MoCo) -------------------------------------------------------
+
+
+def info_nce_reference(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
+    losses = []
+    for q_i, k_i in zip(rows(q), rows(k)):
+        positive = math.exp(cos(q_i, k_i) / t)
+        negatives = sum(math.exp(cos(q_i, k_j) / t) for k_j in rows(queue))
+        losses.append(-math.log(positive / (positive + negatives)))
+    return mean(losses)
+
+
+def test_info_nce_matches_the_formula(pair):
+    q, k = pair
+    queue = torch.randn(11, 5, generator=torch.Generator().manual_seed(1))
+    for t in (0.2, 1.0):
+        assert info_nce_loss(q, k, queue, t).item() == pytest.approx(info_nce_reference(q, k, queue, t), rel=1e-5)
+
+
+def test_info_nce_by_hand():
+    # q . k+ = 1, q . k- = 0, t = 1: -log(e / (e + 1)) = log(1 + 1/e).
+    q, k, queue = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 5.0]])
+    assert info_nce_loss(q, k, queue, temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+
+
+def test_info_nce_invariances(pair):
+    q, k = pair
+    queue = torch.randn(11, 5, generator=torch.Generator().manual_seed(1))
+    loss = info_nce_loss(q, k, queue).item()
+    perm = torch.randperm(len(q))
+    assert info_nce_loss(q[perm], k[perm], queue).item() == pytest.approx(loss, rel=1e-5)  # batch order
+    assert info_nce_loss(q, k, queue[torch.randperm(11)]).item() == pytest.approx(loss, rel=1e-5)  # queue order
+    assert info_nce_loss(2 * q, 7 * k, 0.3 * queue).item() == pytest.approx(loss, rel=1e-5)  # scale
+
+
+def test_info_nce_without_queue_uses_the_other_keys(pair):
+    q, k = pair
+    t = 0.2
+    expected = mean(
+        [
+            -math.log(math.exp(cos(q_i, rows(k)[i]) / t) / sum(math.exp(cos(q_i, k_j) / t) for k_j in rows(k)))
+            for i, q_i in enumerate(rows(q))
+        ]
+    )
+    assert info_nce_loss(q, k, None, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+# --- negative cosine (SimSiam) and BYOL ---------------------------------------------
+
+
+def test_negative_cosine_and_byol_match_the_formulas(pair):
+    p, z = pair
+    cosines = [cos(u, v) for u, v in zip(rows(p), rows(z))]
+    assert negative_cosine_similarity(p, z).item() == pytest.approx(-mean(cosines), rel=1e-5)
+    # BYOL: squared distance of the normalised vectors, summed over dimensions.
+    distances = [sum((a / norm(u) - b / norm(v)) ** 2 for a, b in zip(u, v)) for u, v in zip(rows(p), rows(z))]
+    assert byol_loss(p, z).item() == pytest.approx(mean(distances), rel=1e-5)
+
+
+def test_cosine_losses_at_their_extremes():
+    x = torch.randn(4, 8)
+    assert negative_cosine_similarity(x, 2 * x).item() == pytest.approx(-1, abs=1e-6)
+    assert byol_loss(x, 2 * x).item() == pytest.approx(0, abs=1e-6)
+    assert byol_loss(x, -x).item() == pytest.approx(4, abs=1e-5)
+
+
+# --- Barlow Twins ------------------------------------------------------------------
+
+
+def barlow_twins_reference(z_a: torch.Tensor, z_b: torch.Tensor, lam: float, eps: float = 1e-5) -> float:
+    za, zb = rows(z_a), rows(z_b)
+    n, d = len(za), len(za[0])
+
+    def standardised(z: list[list[float]], j: int) -> list[float]:
+        col = column(z, j)
+        mu = mean(col)
+        var = sum((v - mu) ** 2 for v in col) / n  # biased, as BatchNorm
+        return [(v - mu) / math.sqrt(var + eps) for v in col]
+
+    sa = [standardised(za, j) for j in range(d)]
+    sb = [standardised(zb, j) for j in range(d)]
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c_ij = sum(sa[i][b] * sb[j][b] for b in range(n)) / n
+            loss += (1 - c_ij) ** 2 if i == j else lam * c_ij**2
+    return loss
+
+
+def test_barlow_twins_matches_the_formula(pair):
+    z_a, z_b = pair
+    for lam in (5e-3, 1.0):
+        assert barlow_twins_loss(z_a, z_b, lam).item() == pytest.approx(barlow_twins_reference(z_a, z_b, lam), rel=1e-5)
+
+
+def test_barlow_twins_is_zero_for_identical_decorrelated_inputs():
+    # Columns of a Hadamard matrix without its constant column: zero mean, unit variance,
+    # mutually orthogonal, so C = I exactly (up to the eps in the standardisation).
+    h = torch.tensor([[1.0, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]])
+    h = torch.kron(h, h)[:, 1:]  # (16, 15)
+    z = 3 * h + 2  # scale and shift do not matter after standardisation
+    assert barlow_twins_loss(z, z, eps=0.0).item() == pytest.approx(0, abs=1e-10)
+    assert barlow_twins_loss(z, z).item() < 1e-3
+
+
+def test_barlow_twins_invariances(pair):
+    z_a, z_b = pair
+    loss = barlow_twins_loss(z_a, z_b).item()
+    perm = torch.randperm(len(z_a))
+    assert barlow_twins_loss(z_a[perm], z_b[perm]).item() == pytest.approx(loss, rel=1e-5)
+    assert barlow_twins_loss(z_b, z_a).item() == pytest.approx(loss, rel=1e-5)  # C -> C^T
+    # Permuting the dimensions of both views the same way permutes C's rows and columns.
+    dims = torch.randperm(z_a.shape[1])
+    assert barlow_twins_loss(z_a[:, dims], z_b[:, dims]).item() == pytest.approx(loss, rel=1e-5)
+
+
+# --- VICReg ------------------------------------------------------------------------
+
+
+def vicreg_reference(z_a, z_b, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4) -> float:
+    za, zb = rows(z_a), rows(z_b)
+    n, d = len(za), len(za[0])
+    invariance = sum((za[b][i] - zb[b][i]) ** 2 for b in range(n) for i in range(d)) / (n * d)
+
+    def variance(z):
+        hinge = []
+        for j in range(d):
+            col = column(z, j)
+            mu_j = mean(col)
+            var = sum((v - mu_j) ** 2 for v in col) / (n - 1)
+            hinge.append(max(0.0, gamma - math.sqrt(var + eps)))
+        return mean(hinge)
+
+    def covariance(z):
+        means = [mean(column(z, j)) for j in range(d)]
+        total = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    c = sum((z[b][i] - means[i]) * (z[b][j] - means[j]) for b in range(n)) / (n - 1)
+                    total += c**2
+        return total / d
+
+    return lam * invariance + mu * (variance(za) + variance(zb)) / 2 + nu * (covariance(za) + covariance(zb))
+
+
+def test_vicreg_matches_the_formula(pair):
+    z_a, z_b = pair
+    z_a = 0.5 * z_a  # std below gamma so the hinge is active in some dimensions
+    assert vicreg_loss(z_a, z_b).item() == pytest.approx(vicreg_reference(z_a, z_b), rel=1e-5)
+    assert vicreg_loss(z_a, z_b, 1.0, 2.0, 3.0).item() == pytest.approx(vicreg_reference(z_a, z_b, 1.0, 2.0, 3.0), rel=1e-5)
+
+
+def test_vicreg_by_hand():
+    # Two identical, decorrelated, wide-spread views: every term is zero.
+    # Columns +-2: std = 2 * sqrt(4/3) > 1, no hinge; orthogonal columns, no covariance.
+    z = 2 * torch.tensor([[1.0, 1], [1, -1], [-1, 1], [-1, -1]])
+    assert vicreg_loss(z, z).item() == pytest.approx(0, abs=1e-6)
+    # A collapsed pair: invariance 0, std = sqrt(eps) -> variance 25 * (1 - 0.01) = 24.75.
+    c = torch.ones(4, 2)
+    assert vicreg_loss(c, c).item() == pytest.approx(25 * (1 - math.sqrt(1e-4)), rel=1e-5)
+
+
+def test_vicreg_invariances(pair):
+    z_a, z_b = pair
+    loss = vicreg_loss(z_a, z_b).item()
+    perm = torch.randperm(len(z_a))
+    assert vicreg_loss(z_a[perm], z_b[perm]).item() == pytest.approx(loss, rel=1e-5)
+    assert vicreg_loss(z_b, z_a).item() == pytest.approx(loss, rel=1e-5)
+    assert vicreg_loss(z_a + 3, z_b + 3).item() == pytest.approx(loss, rel=1e-5)  # common shift
+
+
+# --- masked MSE (MAE, context encoder) ---------------------------------------------------
+
+
+def test_masked_mse_matches_the_formula():
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(3, 7, 4, generator=g), torch.randn(3, 7, 4, generator=g)
+    mask = (torch.rand(3, 7, generator=g) < 0.6).float()
+    total, count = 0.0, 0
+    for b in range(3):
+        for position in range(7):
+            if mask[b, position] == 1:
+                total += mean([(pred[b, position, c].item() - target[b, position, c].item()) ** 2 for c in range(4)])
+                count += 1
+    assert masked_mse_loss(pred, target, mask).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_masked_mse_ignores_visible_positions():
+    pred, target = torch.zeros(2, 4, 3), torch.zeros(2, 4, 3)
+    mask = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])
+    pred[0, 1:] = 100.0  # errors only where visible
+    assert masked_mse_loss(pred, target, mask).item() == 0
+    pred[0, 0] = torch.tensor([1.0, 2.0, 3.0])  # (1 + 4 + 9) / 3 on the one hidden patch
+    assert masked_mse_loss(pred, target, mask).item() == pytest.approx(14 / 3)

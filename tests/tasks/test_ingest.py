@@ -1,0 +1,95 @@
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import ValidateConfig
+from tasks.ingest import ingest_labeled, ingest_unlabeled, load_rgb
+from tasks.sources import SourceError, export_dataset, list_images, open_source
+from tasks.validate import validate_source
+
+
+def _validated(source, out_dir):
+    validate_source(source, "unlabeled", ValidateConfig(min_images=1), out_dir)
+    return out_dir / "unlabeled_table.csv"
+
+
+def test_folder_is_walked_recursively_skipping_hidden_and_other_files(tmp_path, tiny_data):
+    root = tmp_path / "pool"
+    shutil.copytree(tiny_data["unlabeled"], root / "a" / "b")
+    (root / ".hidden").mkdir()
+    shutil.copy(next((root / "a" / "b").glob("*.jpg")), root / ".hidden" / "x.jpg")
+    (root / "notes.txt").write_text("not an image")
+    Image.new("RGB", (40, 30), "red").save(root / "wide.PNG")
+    files = list_images(root)
+    assert len(files) == 129
+    assert all(".hidden" not in str(p) for p in files)
+
+
+def test_unlabeled_folder_and_tar_give_the_same_arrays(tmp_path, tiny_data):
+    archive = tmp_path / "pool.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_data["unlabeled"], arcname="pool")
+    out_folder, out_tar = tmp_path / "from_folder", tmp_path / "from_tar"
+    n = ingest_unlabeled(tiny_data["unlabeled"], _validated(tiny_data["unlabeled"], tmp_path / "v1"), out_folder, 32)
+    m = ingest_unlabeled(archive, _validated(archive, tmp_path / "v2"), out_tar, 32)
+    assert n == m == 128
+    a, b = np.load(out_folder / "images.npy"), np.load(out_tar / "images.npy")
+    assert a.shape == (128, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    manifest = (out_folder / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "path,sha256" and len(manifest) == 129
+
+
+def test_images_are_cropped_and_resized_to_the_training_size(tmp_path):
+    Image.new("RGBA", (100, 60), (10, 20, 30, 128)).save(tmp_path / "a.png")
+    Image.new("L", (16, 16), 200).save(tmp_path / "b.png")
+    assert load_rgb(tmp_path / "a.png", 32).shape == (32, 32, 3)
+    gray = load_rgb(tmp_path / "b.png", 32)
+    assert gray.shape == (32, 32, 3) and (gray == 200).all()
+
+
+def test_labeled_with_split(tmp_path, tiny_data):
+    counts = ingest_labeled(tiny_data["labeled"], tmp_path / "out", 32)
+    assert counts == {"train": 48, "test": 24}
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["airplane", "cat", "ship"]
+    labels = np.load(tmp_path / "out" / "train_labels.npy")
+    assert np.bincount(labels).tolist() == [16, 16, 16]
+
+
+def test_labeled_without_split_is_split_per_class(tmp_path, tiny_data):
+    flat = tmp_path / "flat"
+    shutil.copytree(tiny_data["labeled"] / "train", flat)
+    counts = ingest_labeled(flat, tmp_path / "out", 32, test_fraction=0.25)
+    assert counts == {"train": 36, "test": 12}
+
+
+def test_failed_ingest_leaves_previous_output_untouched(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    ingest_labeled(tiny_data["labeled"], out, 32)
+    before = (out / "train_images.npy").read_bytes()
+    one_class = tmp_path / "one"
+    shutil.copytree(tiny_data["labeled"] / "train" / "cat", one_class / "cat")
+    with pytest.raises(SourceError, match="two class folders"):
+        ingest_labeled(one_class, out, 32)
+    assert (out / "train_images.npy").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        with open_source(tmp_path / "nope"):
+            pass
+
+
+def test_torchvision_dataset_export_on_local_files(tmp_path, tiny_data):
+    # The download itself needs the internet; the export path runs on a real
+    # torchvision dataset built from local files.
+    from torchvision.datasets import ImageFolder
+
+    target = export_dataset(ImageFolder(str(tiny_data["labeled"] / "train")), tmp_path / "export")
+    assert sorted(p.name for p in target.iterdir() if p.is_dir()) == ["airplane", "cat", "ship"]
+    assert len(list_images(target)) == 48

@@ -1,0 +1,62 @@
+"""dvc.yaml for real: `dvc repro` in a fresh git + DVC repo runs every stage, a second
+`dvc repro` runs nothing, and a changed pretrain param reruns only what follows it."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, write_params
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args, cwd):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data, mlflow_store):
+    root = tmp_path / "repo"
+    root.mkdir()
+    for package in ("flows", "tasks", "ssl_models"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    for name, src in tiny_data.items():
+        shutil.copytree(src, root / "data" / "input" / name)
+    write_params(root, "data/input/unlabeled", "data/input/labeled")
+    _run("git", "init", "-q", cwd=root)
+    _run("dvc", "init", "-q", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+
+    first = _run("dvc", "repro", cwd=root)
+    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+    assert (root / "reports" / "metrics.json").exists()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    data_hash = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared/unlabeled")
+    client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
+    version = client.get_model_version_by_alias("ssl-encoder", "challenger")
+    assert version.tags["data_version"] == data_hash
+
+    second = _run("dvc", "repro", cwd=root)
+    assert _ran(second) == set()
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["pretrain"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    third = _run("dvc", "repro", cwd=root)
+    assert _ran(third) == {"pretrain", "evaluate", "register"}
+    assert int(client.get_model_version_by_alias("ssl-encoder", "challenger").version) == 2
+    assert "up to date" in _run("dvc", "status", cwd=root).lower()
