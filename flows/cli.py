@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     for name, text in STAGES.items():
         _common(commands.add_parser(name, help=text, description=f"Stage '{name}': {text}."))
+    serve = commands.add_parser(
+        "serve",
+        help="run the pipeline on a schedule (a Prefect deployment; needs a Prefect server)",
+        description="Register the pipeline as a Prefect deployment with a schedule and execute its runs until stopped. "
+        "Needs a real Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.",
+    )
+    serve.add_argument("--root", default=".", help="project root whose params.yaml each run reads (default: .)")
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 every day)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS seconds")
     return parser
 
 
@@ -114,9 +124,24 @@ def run_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ExpectedError(
+            "schedules need a Prefect server: start one with `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (the temporary server of `sslpipe run` cannot hold schedules)"
+        )
+    from flows.deploy import serve_pipeline
+
+    serve_pipeline(Path(args.root), args.cron, args.interval)
+    return 0
+
+
+COMMANDS = {"run": run_pipeline, "serve": serve}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
@@ -125,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.sources import SourceError
 
     try:
-        return run_pipeline(args) if args.command == "run" else run_stage(args)
+        return COMMANDS.get(args.command, run_stage)(args)
     except (ExpectedError, SourceError, FileNotFoundError) as err:
         print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
