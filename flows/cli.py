@@ -25,13 +25,17 @@ class ExpectedError(Exception):
     """A fault of the input or the config: printed without a traceback, exit 2."""
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _project(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml in the project root)")
     parser.add_argument("--root", default=".", help="project root holding data/, reports/, models/ (default: .)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _project(parser)
     parser.add_argument("--data", metavar="DIR", help="unlabeled images: a folder, a tar archive, or torchvision:NAME (sets data.unlabeled)")
     parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class (sets data.labeled)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 every day)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS seconds")
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune the champion encoder on a labeled folder and register ssl-classifier",
+        description="Fine-tune models:/ssl-encoder@champion (+ a linear head) on labeled images, compare with training from scratch "
+        "at finetune.compare_fraction of the labels, log an MLflow run (experiment ssl-finetune) and register a version of ssl-classifier.",
+    )
+    _project(finetune)
+    finetune.add_argument("--data", dest="finetune_data", metavar="DIR", help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive (sets finetune.data)")
+    promote = commands.add_parser(
+        "promote",
+        help="make VERSION the @champion of ssl-encoder by hand",
+        description="Move the @champion alias of register.model_name to VERSION; the previous champion is remembered for `sslpipe rollback`.",
+    )
+    promote.add_argument("version", metavar="VERSION", help="a registered version number")
+    _project(promote)
+    rollback = commands.add_parser(
+        "rollback",
+        help="move @champion back to the previous champion",
+        description="Undo the last change of @champion (by the promotion gate or `sslpipe promote`); repeatable, back through the history.",
+    )
+    _project(rollback)
     return parser
 
 
@@ -62,10 +87,13 @@ def _config(args: argparse.Namespace):
     from tasks.config import ConfigError, load_config
 
     overrides = list(args.overrides)
-    if args.data:
+    # Each command has its own data options; the ones it lacks are simply absent.
+    if getattr(args, "data", None):
         overrides.append(f"data.unlabeled={args.data}")
-    if args.eval_data:
+    if getattr(args, "eval_data", None):
         overrides.append(f"data.labeled={args.eval_data}")
+    if getattr(args, "finetune_data", None):
+        overrides.append(f"finetune.data={args.finetune_data}")
     params = Path(args.params)
     if not params.is_absolute():
         params = Path(args.root) / params
@@ -94,6 +122,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ExpectedError(state.message or "the pipeline failed; see the log above")
     result = state.result()
     print(f"\n{cfg.pretrain.method} encoder registered as {cfg.register.model_name} version {result['version']} (@{cfg.register.alias})")
+    print(f"promotion gate: {result['decision']}")
     print(f"MLflow run {result['run_id']}\n")
     print(summary_table(result["metrics"]))
     return 0
@@ -116,11 +145,18 @@ def run_stage(args: argparse.Namespace) -> int:
         if not all(r.success for r in reports):
             return 2
     elif args.command == "pretrain":
-        stage(layout, cfg, progress=not args.quiet)
+        from ssl_models.training import TrainingDiverged
+
+        try:
+            stage(layout, cfg, progress=not args.quiet)
+        except TrainingDiverged as err:
+            raise ExpectedError(f"{cfg.pretrain.method} diverged: {err}") from None
     else:
         result = stage(layout, cfg)
         if args.command == "evaluate":
             print(module.summary_table(result))
+        elif args.command == "register":
+            print(f"{result['model_name']} version {result['version']} (@{result['alias']}); promotion gate: {result['decision']}")
     return 0
 
 
@@ -136,7 +172,50 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_pipeline, "serve": serve}
+def run_finetune(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from tasks.sources import TORCHVISION_PREFIX
+
+    source = cfg.finetune.data
+    if not source.startswith(TORCHVISION_PREFIX) and not Path(source).exists():
+        raise ExpectedError(f"{source}: no such file or folder (finetune.data)")
+    from flows.finetune import finetune_flow, summary
+
+    state = finetune_flow(config=cfg, root=str(Path(args.root).resolve()), return_state=True)
+    if state.is_failed():
+        raise ExpectedError(state.message or "fine-tuning failed; see the log above")
+    result = state.result()
+    print(f"\n{summary(result)}")
+    print(f"classifier registered as {cfg.finetune.model_name} version {result['version']}; MLflow run {result['run_id']}")
+    return 0
+
+
+def run_registry_command(args: argparse.Namespace) -> int:
+    """``promote VERSION`` / ``rollback``: move @champion by hand, under the registry lock."""
+    from mlflow import MlflowClient
+
+    from tasks import promote
+    from tasks.tracking import tracking_uri
+
+    cfg = _config(args)
+    root = Path(args.root).resolve()
+    uri = tracking_uri(root)
+    client = MlflowClient(uri, registry_uri=uri)
+    name, alias = cfg.register.model_name, cfg.register.champion_alias
+    try:
+        with promote.registry_lock(root):
+            if args.command == "promote":
+                previous = promote.promote(client, name, args.version, alias)
+                print(f"{name} version {int(args.version)} is now @{alias}" + (f" (was version {previous})" if previous else ""))
+            else:
+                restored, replaced = promote.rollback(client, name, alias)
+                print(f"{name} @{alias} rolled back to version {restored}" + (f" (was version {replaced})" if replaced else ""))
+    except promote.PromotionError as err:
+        raise ExpectedError(f"{err} (store: {uri})") from None
+    return 0
+
+
+COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command}
 
 
 def main(argv: list[str] | None = None) -> int:

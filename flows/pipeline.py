@@ -29,6 +29,7 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = "."):
     layout = Layout.at(root)
     cfg = config or load_config(layout.root / "params.yaml")
     reports = validate_task(layout, cfg)
+    create_markdown_artifact(key="data-validation", markdown="## Data validation\n\n" + "\n\n".join(r.markdown() for r in reports))
     failed = [r for r in reports if not r.success]
     if failed:
         return Failed(message="\n".join(r.summary() for r in failed))
@@ -36,10 +37,11 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = "."):
     augment_task(layout, cfg)
     run_id = pretrain_task(layout, cfg, flow_run_id=flow_run.id)
     metrics = evaluate_task(layout, cfg)
-    version = register_task(layout, cfg)
+    registered = register_task(layout, cfg)
+    version = registered["version"]
     table = summary_table(metrics)
     create_markdown_artifact(
         key="ssl-pipeline-summary",
-        markdown=f"## {cfg.pretrain.method} encoder, {cfg.register.model_name} v{version}\n\n```\n{table}\n```\n\nMLflow run `{run_id}`",
+        markdown=f"## {cfg.pretrain.method} encoder, {cfg.register.model_name} v{version}\n\n{registered['decision']}\n\n```\n{table}\n```\n\nMLflow run `{run_id}`",
     )
-    return {"run_id": run_id, "version": version, "images": counts, "metrics": metrics}
+    return {"run_id": run_id, "version": version, "champion": registered["champion"], "decision": registered["decision"], "images": counts, "metrics": metrics}

@@ -112,3 +112,17 @@ def knn_accuracy(
         votes = torch.zeros(len(query), num_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
         correct += (votes.argmax(1) == test_y[start : start + chunk_size]).sum().item()
     return correct / len(test_x)
+
+
+def project_2d(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """t-SNE of (N, D) features to (N, 2), for a picture only (distances are not metric).
+
+    Features are l2-normalised first, matching the cosine geometry kNN uses; perplexity
+    is capped for tiny sets, where t-SNE requires it below N.
+    """
+    from sklearn.manifold import TSNE
+
+    x = F.normalize(features.float(), dim=1).numpy()
+    perplexity = min(30.0, max(1.0, (len(x) - 1) / 3))
+    embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    return torch.from_numpy(embedded).float()

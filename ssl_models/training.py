@@ -22,6 +22,10 @@ from ssl_models.methods.base import SSLMethod
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to change."""
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 15
@@ -79,7 +83,8 @@ def _make_optimizer(method: SSLMethod, settings: TrainSettings, lr: float) -> to
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum)
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        # beta2 0.95 as in MAE / ViT pretraining: steadier with large, noisy gradients.
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     raise ValueError(f"unknown optimizer {settings.optimizer!r}; choose sgd or adamw")
 
 
@@ -127,6 +132,11 @@ def pretrain(
             batch = data[order[i * batch_size : (i + 1) * batch_size]].float().div_(255)
             batch = batch.contiguous(memory_format=memory_format)
             out = method.training_step(batch)
+            if not torch.isfinite(out.loss):
+                raise TrainingDiverged(
+                    f"the loss became {out.loss.item()} at epoch {epoch}, step {i + 1}: lower the learning rate "
+                    f"(now {optimizer.param_groups[0]['lr']:.4g}) or raise warmup_epochs"
+                )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()

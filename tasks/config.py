@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -24,12 +24,27 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the labeled set has no train/test split")
 
 
+Conversion = Literal["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", "resize"]
+
+
 class ValidateConfig(Section):
-    min_images: int = Field(16, ge=1)
+    min_images: int = Field(16, ge=1, description="fewest images (after quarantine) worth training on")
     min_side: int = Field(8, ge=1, description="smallest allowed width or height in pixels")
     max_side: int = Field(4096, ge=1, description="largest allowed width or height in pixels")
-    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "BMP"]
+    allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP"], description="formats as read from the content, not the extension")
     allow_duplicates: bool = False
+    on_fail: Literal["stop", "quarantine"] = Field("stop", description="stop: no training on a dump with any bad file; quarantine: leave bad files out")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="quarantine: train only if at most this share of the files is bad")
+    convert: list[Conversion] = Field(
+        ["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", "resize"],
+        description="cases converted to RGB at the training size instead of failing",
+    )
+    max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb guard: larger images are a fault and never decoded")
+    blank_std: float = Field(0.01, ge=0, description="an image whose every channel has a std (0..1 scale) at or below this is blank")
+    drift_tolerance: float | None = Field(
+        0.1, gt=0, description="dataset mean/std per channel must stay within this of the last validated version's; null: no drift check"
+    )
+    workers: int = Field(0, ge=0, description="processes that read images; 0: one per CPU core, used only when the work is long enough to pay")
 
 
 class AugmentConfig(Section):
@@ -52,10 +67,11 @@ class PretrainConfig(Section):
     width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 on a GPU")
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(256, ge=2)
-    lr: float = Field(0.3, gt=0, description="learning rate for batch 256, scaled linearly")
-    weight_decay: float = Field(5e-4, ge=0)
+    # "auto": the method's recommended value (e.g. AdamW for MAE), else the SGD recipe.
+    optimizer: Literal["auto", "sgd", "adamw"] = "auto"
+    lr: float | Literal["auto"] = Field("auto", description="learning rate for batch 256, scaled linearly")
+    weight_decay: float | Literal["auto"] = "auto"
     warmup_epochs: int = Field(1, ge=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
     seed: int = 0
 
@@ -65,12 +81,46 @@ class EvaluateConfig(Section):
     knn_temperature: float = Field(0.07, gt=0)
     probe_weight_decays: list[float] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     probe_validation_fraction: float = Field(0.2, gt=0, lt=1)
+    label_fractions: list[float] = Field(
+        [0.01, 0.1, 1.0], description="shares of the labeled train split for the label-efficiency curve (fine-tuning recipe: the finetune section)"
+    )
+    embedding_points: int = Field(1000, ge=10, description="test images (at most) in the t-SNE picture of the embeddings")
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"every label fraction must be in (0, 1], got {value}")
+        # 100% is always on the curve: from scratch there is the supervised reference.
+        return sorted(set(value) | {1.0})
 
 
 class RegisterConfig(Section):
     model_name: str = "ssl-encoder"
     alias: str = "challenger"
     experiment: str = "ssl-pipeline"
+    champion_alias: str = "champion"
+    min_improvement: float = Field(0.0, ge=0, description="probe accuracy a challenger must gain over the champion to replace it")
+
+
+class FinetuneConfig(Section):
+    """The supervised recipe (used by evaluate's label-efficiency curve too) and the finetune flow."""
+
+    data: str = Field("data/sample/labeled.tar.gz", description="labeled images for `sslpipe finetune`: <class>/ folders, or train/ + test/")
+    encoder_alias: str = Field("champion", description="which version of register.model_name to fine-tune")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="share of the train labels the registered classifier learns from")
+    compare_fraction: float | None = Field(0.1, gt=0, le=1, description="also fine-tune and train from scratch on this share, to compare; null: skip")
+    steps: int = Field(150, ge=1, description="optimisation steps, the same at every label fraction")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(0.05, gt=0, description="SGD (Nesterov) peak learning rate, cosine decay")
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop scale range [crop_scale_min, 1]")
+    flip_p: float = Field(0.5, ge=0, le=1)
+    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
+    seed: int = 0
+    model_name: str = "ssl-classifier"
+    experiment: str = "ssl-finetune"
 
 
 class PipelineConfig(Section):
@@ -80,6 +130,7 @@ class PipelineConfig(Section):
     pretrain: PretrainConfig = PretrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    finetune: FinetuneConfig = FinetuneConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -38,8 +38,20 @@ class Layout:
         return self.root / "reports"
 
     @property
-    def validation(self) -> Path:
+    def validation(self) -> Path:  # GX reports, per-image tables, Data Docs
         return self.reports / "validation"
+
+    @property
+    def quarantine(self) -> Path:  # the files kept out of training, with their fault
+        return self.reports / "quarantine.csv"
+
+    @property
+    def validation_cache(self) -> Path:  # outside reports/validation, which `dvc repro` clears
+        return self.reports / "cache" / "validation"
+
+    @property
+    def reference_stats(self) -> Path:  # git-tracked: the drift reference, written by each passing validation
+        return self.root / "data" / "reference_stats.json"
 
     @property
     def models(self) -> Path:
@@ -56,3 +68,20 @@ class Layout:
     @property
     def run_file(self) -> Path:  # the MLflow run that pretraining opened
         return self.reports / "mlflow_run.json"
+
+    # `sslpipe finetune` (flows/finetune.py): its own data, model, reports and MLflow run.
+    @property
+    def finetune_data(self) -> Path:  # the labeled folder it was given, decoded
+        return self.prepared / "finetune"
+
+    @property
+    def classifier(self) -> Path:  # weights.pt + config.json
+        return self.models / "classifier"
+
+    @property
+    def finetune_reports(self) -> Path:
+        return self.reports / "finetune"
+
+    @property
+    def finetune_run_file(self) -> Path:
+        return self.finetune_reports / "mlflow_run.json"

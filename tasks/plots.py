@@ -49,3 +49,45 @@ def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def label_efficiency_plot(rows: Sequence[dict], path: Path) -> Path:
+    """Test accuracy against the share of labels: fine-tuned SSL encoder vs from scratch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fractions = [row["fraction"] for row in rows]
+    for key, label in (("ssl_finetune", "SSL encoder, fine-tuned"), ("scratch", "same architecture, from scratch")):
+        values = [row[key] for row in rows]
+        ax.plot(fractions, values, marker="o", label=label)
+        for x, y in zip(fractions, values):
+            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f * 100:g}%\n({row['labels']})" for f, row in zip(fractions, rows)])
+    ax.set_xlabel("labels used (count)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def embedding_plot(points: Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str], path: Path, title: str) -> Path:
+    """A 2-D projection of embeddings, one colour per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for index, name in enumerate(classes):
+        members = [p for p, y in zip(points, labels) if y == index]
+        if members:
+            xs, ys = zip(*members)
+            ax.scatter(xs, ys, s=8, color=cmap(index % cmap.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ssl_models.encoder import Encoder, save_encoder
-from ssl_models.methods import build_method, default_backbone
+from ssl_models.methods import build_method, default_backbone, method_class
 from ssl_models.training import EpochStats, TrainSettings, pretrain
 from tasks.augment import view_policy
 from tasks.config import PipelineConfig
@@ -24,6 +24,7 @@ from tasks.layout import Layout
 from tasks.lineage import dvc_hash, git_commit
 from tasks.plots import training_curves
 from tasks.tracking import save_run_id, use_store
+from tasks.validate import log_validation
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,18 @@ def build_encoder(cfg: PipelineConfig) -> Encoder:
 
 
 def train_settings(cfg: PipelineConfig) -> TrainSettings:
+    """Optimiser settings; "auto" takes the method's ``recommended`` value, else the default."""
     p = cfg.pretrain
+    recommended = getattr(method_class(p.method), "recommended", {})
+    defaults = TrainSettings()
+
+    def pick(key: str):
+        value = getattr(p, key)
+        return value if value != "auto" else recommended.get(key, getattr(defaults, key))
+
     return TrainSettings(
-        epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-        warmup_epochs=p.warmup_epochs, optimizer=p.optimizer, seed=p.seed,
+        epochs=p.epochs, batch_size=p.batch_size, lr=pick("lr"), weight_decay=pick("weight_decay"),
+        warmup_epochs=p.warmup_epochs, optimizer=pick("optimizer"), seed=p.seed,
     )  # fmt: skip
 
 
@@ -85,9 +94,9 @@ def pretrain_stage(layout: Layout, cfg: PipelineConfig, flow_run_id: str | None 
     use_store(layout.root, cfg.register.experiment)
     with mlflow.start_run(run_name=f"{cfg.pretrain.method}-{data_version[:8]}", tags=tags) as run:
         mlflow.log_params(cfg.flat())
-        for report in sorted(layout.validation.glob("*.json")) + [layout.reports / "augment_preview.png"]:
-            if report.exists():
-                mlflow.log_artifact(str(report), artifact_path="validation" if report.suffix == ".json" else "augment")
+        log_validation(layout)  # reports, Data Docs, quarantine list; counts per fault and statistics as metrics
+        if (layout.reports / "augment_preview.png").exists():
+            mlflow.log_artifact(str(layout.reports / "augment_preview.png"), artifact_path="augment")
         log.info("pretraining %s on %d images, %s, %s", cfg.pretrain.method, len(images), device, encoder.config["backbone"])
 
         def on_epoch_end(stats: EpochStats) -> None:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# Files with these extensions are looked at; the format itself is then read from the
+# content. GIF, TIFF and HEIF are listed so that they are reported (as a format not in
+# validate.allowed_formats) rather than silently skipped.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 TORCHVISION_PREFIX = "torchvision:"
 
 
@@ -21,17 +27,107 @@ class SourceError(ValueError):
     """The source does not exist or cannot be read; the message names it."""
 
 
-def is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+@dataclass
+class Listing:
+    """What a walk of a data root found.
+
+    ``files`` are safe to open: regular files, or links whose target is a regular file
+    inside the root. ``links_outside`` and ``broken_links`` are image-named entries that
+    must never be opened; validation reports them as faults. ``skipped`` counts what was
+    left out on purpose (hidden, other extensions, folder links, special files).
+    """
+
+    files: list[Path] = field(default_factory=list)
+    links_outside: list[Path] = field(default_factory=list)
+    broken_links: list[Path] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)  # archive members that were never unpacked
+    skipped: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Refused:
+    """An archive member left out of the unpacked folder, and why."""
+
+    name: str  # relative to the folder open_source yields
+    fault: str  # link_outside, unsafe_path or special_file
+    reason: str
+
+
+def _link_target(path: Path) -> Path | None:
+    """The fully resolved target of a link, or None for a dangling link or a loop."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except (OSError, RuntimeError):
+        return None
+
+
+def scan_images(root: Path, refused: list[Refused] = ()) -> Listing:
+    """Walk ``root`` without ever leaving it.
+
+    Hidden entries (a name starting with ".") are skipped and not walked. Links to folders
+    are not followed: one inside the root is walked through its real path anyway (and could
+    loop), one pointing outside is reported. A link to a file is read only when its target
+    resolves inside the root. Special files (FIFOs, devices) are skipped: reading one can hang.
+    ``refused``: members :func:`open_source` did not unpack; they are reported the same way.
+    """
+    real_root = Path(os.path.realpath(root))
+    listing = Listing()
+
+    def walk(folder: Path) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            listing.skipped["unreadable_folder"] += 1
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                listing.skipped["hidden"] += 1
+            elif entry.is_symlink():
+                _add_link(path)
+            elif entry.is_dir(follow_symlinks=False):
+                walk(path)
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                listing.skipped["other_extension"] += 1
+            elif entry.is_file(follow_symlinks=False):
+                listing.files.append(path)
+            else:
+                listing.skipped["special_file"] += 1
+
+    def _add_link(path: Path) -> None:
+        target = _link_target(path)
+        is_dir = target is not None and target.is_dir()
+        if not is_dir and path.suffix.lower() not in IMAGE_EXTENSIONS:
+            listing.skipped["other_extension"] += 1
+        elif target is None:
+            listing.broken_links.append(path)
+        elif not target.is_relative_to(real_root):
+            listing.links_outside.append(path)
+        elif is_dir:
+            listing.skipped["folder_link"] += 1
+        elif target.is_file():  # follows the (inside) link; False for FIFOs and devices
+            listing.files.append(path)
+        else:
+            listing.skipped["special_file"] += 1
+
+    walk(root)
+    listing.files.sort()
+    for member in refused:
+        path = Path(member.name)
+        if any(part.startswith(".") and part != ".." for part in path.parts):
+            listing.skipped["hidden"] += 1
+        elif member.fault == "special_file":
+            listing.skipped["special_file"] += 1
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS and member.fault != "link_outside":
+            listing.skipped["other_extension"] += 1
+        else:
+            listing.refused.append(member)
+    return listing
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted), hidden files and folders skipped."""
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.relative_to(root)) and path.is_file()
-    )
+    """Image files under ``root`` that are safe to open (recursive, sorted; see :func:`scan_images`)."""
+    return scan_images(root).files
 
 
 def _single_top_folder(root: Path) -> Path:
@@ -40,9 +136,33 @@ def _single_top_folder(root: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
 
 
+def _safe_members(refused: list[Refused]):
+    """A tar extraction filter: Python's "data" filter, but an unsafe member is left out and
+    noted instead of failing the whole archive (one bad link must not hide 10,000 good images)."""
+
+    def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        try:
+            return tarfile.data_filter(member, dest)
+        except tarfile.FilterError as err:
+            if isinstance(err, tarfile.SpecialFileError):
+                fault = "special_file"
+            elif isinstance(err, tarfile.LinkOutsideDestinationError | tarfile.AbsoluteLinkError):
+                fault = "link_outside"
+            else:  # an absolute path or ../ in the member name
+                fault = "unsafe_path"
+            refused.append(Refused(member.name, fault, f"archive member not unpacked: {err}"))
+            return None
+
+    return keep
+
+
 @contextlib.contextmanager
-def open_source(source: str | Path, downloads: Path | None = None) -> Iterator[Path]:
-    """Yield a local folder holding the source's images."""
+def open_source(source: str | Path, downloads: Path | None = None, refused: list[Refused] | None = None) -> Iterator[Path]:
+    """Yield a local folder holding the source's images.
+
+    ``refused`` collects the archive members that were not unpacked (links or paths leading
+    out of the archive, devices), named relative to the yielded folder.
+    """
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
         yield export_torchvision(text[len(TORCHVISION_PREFIX):], downloads or Path("data/downloads"))
@@ -56,13 +176,20 @@ def open_source(source: str | Path, downloads: Path | None = None) -> Iterator[P
     if not tarfile.is_tarfile(path):
         raise SourceError(f"{path}: not a folder and not a tar archive")
     with tempfile.TemporaryDirectory(prefix="sslpipe-") as tmp:
+        left_out: list[Refused] = []
         try:
             with tarfile.open(path) as archive:
-                # The "data" filter refuses absolute paths, links out of the tree and devices.
-                archive.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError) as err:
-            raise SourceError(f"{path}: cannot unpack the archive: {err}") from None
-        yield _single_top_folder(Path(tmp))
+                archive.extractall(tmp, filter=_safe_members(left_out))
+        except (tarfile.TarError, OSError, EOFError) as err:  # EOFError: a cut .tar.gz
+            raise SourceError(f"{path}: cannot unpack the archive: {type(err).__name__}: {err}") from None
+        root = _single_top_folder(Path(tmp))
+        prefix = root.relative_to(tmp).as_posix()
+        for member in left_out:
+            name = PurePosixPath(member.name).as_posix()  # "./a/b.jpg" -> "a/b.jpg"
+            name = name.removeprefix(f"{prefix}/") if prefix != "." else name
+            if refused is not None:
+                refused.append(Refused(name, member.fault, member.reason))
+        yield root
 
 
 def export_torchvision(spec: str, downloads: Path, download: bool = True) -> Path:

@@ -1,14 +1,27 @@
 """Validate stage: a Great Expectations checkpoint over the per-image table.
 
-Nothing is trained on data that did not pass. The stage returns a report per source
-(failed expectations, counts, the first offending files with their faults); callers
-stop on failure (:func:`raise_for_failures`), the CLI prints it and exits non-zero.
+Nothing is trained on data that did not pass. For each source (the unlabeled pool and
+the labeled set):
+
+1. walk it without leaving it and describe every image file (cached, in parallel);
+2. give each file its first fault (rules in tasks/expectations.py);
+3. run the GX checkpoint over all files. With ``validate.on_fail: quarantine`` and at
+   most ``validate.max_bad_fraction`` bad files, run it again over the good files only:
+   they must pass, and only they are trained on;
+4. write the report (``<name>.json``), the table with an ``accepted`` column (ingest decodes
+   exactly those rows), GX Data Docs, and, on a pass, the drift reference.
+
+Bad data is never raised as an exception here: the report says what is wrong, and
+callers stop on failure (:func:`raise_for_failures`; the CLI prints it and exits 2).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,12 +30,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig, ValidateConfig
-from tasks.image_table import build_table
+from tasks.expectations import FAULTS, STAT_COLUMNS, Rules
+from tasks.image_table import TableCache, build_table
 from tasks.layout import Layout
-from tasks.sources import list_images, open_source
+from tasks.sources import open_source, scan_images
 
 log = logging.getLogger(__name__)
 MAX_EXAMPLES = 10
+GX_COLUMNS = ["path", "format", "mode", "width", "height", "channels", "bit_depth", "sha256", "decode_error", "std_max", *STAT_COLUMNS]
 
 
 class DataValidationError(Exception):
@@ -34,111 +49,332 @@ class Failure:
     expectation: str
     column: str | None
     unexpected_count: int
-    examples: list[str] = field(default_factory=list)  # "path: value"
+    examples: list[str] = field(default_factory=list)  # "path: column=value"
+    observed: str | None = None  # what a dataset-level expectation (row count, drift) saw instead
+
+    def lines(self) -> list[str]:
+        where = f" on {self.column}" if self.column else ""
+        if self.observed:
+            return [f"- {self.expectation}{where}: {self.observed}"]
+        return [f"- {self.expectation}{where}: {self.unexpected_count} bad"]
 
 
 @dataclass
 class ValidationReport:
     name: str
     source: str
-    images: int
-    success: bool
-    failures: list[Failure]
+    images: int  # image files checked (hidden files and other extensions are only counted in ``skipped``)
+    success: bool  # True: training may use the accepted files
+    failures: list[Failure]  # failed expectations over all files
+    policy: str = "stop"
+    accepted: int = 0
+    decision: str = ""
+    faults: dict[str, int] = field(default_factory=dict)  # files per fault
+    bad_files: list[str] = field(default_factory=list)  # the first offending files: "path: fault (detail)"
+    skipped: dict[str, int] = field(default_factory=dict)  # hidden, other_extension, folder_link, special_file
+    converted: dict[str, int] = field(default_factory=dict)  # accepted files per conversion
+    statistics: dict[str, float] = field(default_factory=dict)  # dataset mean of per-image channel mean/std (good files)
+    reference: dict | None = None  # the drift reference this run was checked against
+    quarantine_failures: list[Failure] = field(default_factory=list)  # failed expectations over the good files only
+    data_docs: str | None = None
+
+    @property
+    def bad(self) -> int:
+        return sum(self.faults.values())
 
     def summary(self) -> str:
-        if self.success:
-            return f"{self.name}: {self.images} images from {self.source} passed validation"
-        lines = [f"{self.name}: validation of {self.source} failed ({self.images} images checked)"]
-        for f in self.failures:
-            where = f" on {f.column}" if f.column else ""
-            lines.append(f"  - {f.expectation}{where}: {f.unexpected_count} bad")
-            lines += [f"      {example}" for example in f.examples]
+        head = {True: "passed", False: "FAILED"}[self.success]
+        lines = [f"{self.name}: {head}: {self.decision}"]
+        if self.faults:
+            lines.append("  faults: " + ", ".join(f"{fault} {count}" for fault, count in self.faults.items()))
+        if self.skipped:
+            lines.append("  skipped: " + ", ".join(f"{what} {count}" for what, count in self.skipped.items()))
+        if self.converted:
+            lines.append("  converted: " + ", ".join(f"{what} {count}" for what, count in self.converted.items()))
+        for title, failures in (
+            ("failed expectations", self.failures),
+            ("failed expectations on the good files", self.quarantine_failures),
+        ):
+            if failures:
+                lines.append(f"  {title}:")
+                lines += [f"    {line}" for f in failures for line in f.lines()]
+        if self.bad_files:
+            more = f" (first {len(self.bad_files)} of {self.bad})" if self.bad > len(self.bad_files) else ""
+            lines.append(f"  offending files{more}:")
+            lines += [f"    {line}" for line in self.bad_files]
+        if self.data_docs:
+            lines.append(f"  Data Docs: {self.data_docs}")
         return "\n".join(lines)
 
-
-def build_suite(cfg: ValidateConfig, name: str):
-    """The expectation suite, as code: reviewable in a diff, versioned with the repo."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-
-    suite = gx.ExpectationSuite(name=f"{name}_images")
-    for expectation in [
-        gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_images),
-        gxe.ExpectColumnValuesToBeNull(column="decode_error"),
-        gxe.ExpectColumnValuesToBeInSet(column="format", value_set=cfg.allowed_formats),
-        gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3, 4]),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_side, max_value=cfg.max_side),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_side, max_value=cfg.max_side),
-    ]:
-        suite.add_expectation(expectation)
-    if not cfg.allow_duplicates:
-        suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="sha256"))
-    return suite
+    def markdown(self) -> str:
+        status = "passed" if self.success else "**failed**"
+        rows = [f"### {self.name}: {status}", "", self.decision, "", "| | |", "|---|---|"]
+        rows += [f"| fault: {k} | {v} |" for k, v in self.faults.items()]
+        rows += [f"| skipped: {k} | {v} |" for k, v in self.skipped.items()]
+        rows += [f"| converted: {k} | {v} |" for k, v in self.converted.items()]
+        rows += [f"| {k} | {v:.4f} |" for k, v in self.statistics.items()]
+        failures = [line for f in self.failures for line in f.lines()]
+        files = [f"- `{line}`" for line in self.bad_files]
+        return "\n".join(rows + ["", *failures, "", *files])
 
 
-def run_checkpoint(table: pd.DataFrame, cfg: ValidateConfig, name: str):
-    """Run the suite as a GX Checkpoint on ``table``; returns the CheckpointResult."""
-    import great_expectations as gx
+def report_metrics(report: dict) -> dict[str, float]:
+    """A report (as saved in ``<name>.json``) as MLflow metrics: counts per fault and the statistics."""
+    name = report["name"]
+    metrics = {f"validation/{name}/images": report["images"], f"validation/{name}/accepted": report["accepted"]}
+    metrics |= {f"validation/{name}/fault/{k}": v for k, v in report["faults"].items()}
+    metrics |= {f"validation/{name}/skipped/{k}": v for k, v in report["skipped"].items()}
+    metrics |= {f"validation/{name}/{k}": v for k, v in report["statistics"].items()}
+    return metrics
 
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one line per image table, not per metric
-    batch = context.data_sources.add_pandas(name).add_dataframe_asset("image_table").add_batch_definition_whole_dataframe("all")
-    suite = context.suites.add(build_suite(cfg, name))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=f"{name}_checkpoint",
-            validation_definitions=[definition],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
+class Checkpoints:
+    """One ephemeral GX context per source; every checkpoint run lands in one Data Docs site."""
+
+    def __init__(self, name: str, rules: Rules, reference: dict[str, float] | None, docs_dir: Path | None):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.name, self.docs = name, docs_dir is not None
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one line per table, not per metric
+        if docs_dir is not None:
+            backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}
+            site = {"class_name": "SiteBuilder", "store_backend": backend, "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
+            self.context.add_data_docs_site(site_name="sslpipe", site_config=site)
+        self.source = self.context.data_sources.add_pandas(name)
+        self.suite = self.context.suites.add(rules.suite(name, reference))  # GX builds suites inside a context
+
+    def run(self, table: pd.DataFrame, label: str):
+        """Run the suite as a GX Checkpoint on ``table``; returns the CheckpointResult."""
+        import great_expectations as gx
+
+        batch = self.source.add_dataframe_asset(label).add_batch_definition_whole_dataframe("all")
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{self.name}_{label}", data=batch, suite=self.suite)
         )
-    )
-    return checkpoint.run(batch_parameters={"dataframe": table})
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["sslpipe"])] if self.docs else []
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{self.name}_{label}",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format={
+                    "result_format": "SUMMARY",
+                    "partial_unexpected_count": MAX_EXAMPLES,
+                    "unexpected_index_column_names": ["path"],
+                },
+            )
+        )
+        frame = table[GX_COLUMNS].astype({c: "float64" for c in ("width", "height", "channels", "bit_depth")})
+        return checkpoint.run(batch_parameters={"dataframe": frame})
+
+
+def _exception(result) -> str | None:
+    """The message of an exception GX caught while evaluating an expectation, if any."""
+    info = result.exception_info or {}
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for item in candidates:
+        if item.get("raised_exception"):
+            return str(item.get("exception_message"))
+    return None
+
+
+def _bounds(low, high) -> str:
+    if high is None:
+        return f"at least {low}"
+    if isinstance(low, float) and isinstance(high, float):
+        return f"{low:.4f}..{high:.4f}"
+    return f"{low}..{high}"
 
 
 def _failures(checkpoint_result, table: pd.DataFrame) -> list[Failure]:
+    values = dict(zip(table["path"], table.to_dict("records"), strict=True))
     failures = []
     for suite_result in checkpoint_result.run_results.values():
         for result in suite_result.results:
             if result.success:
                 continue
             config, details = result.expectation_config, result.result
-            column = config.kwargs.get("column")
-            examples = []
-            for item in (details.get("unexpected_index_list") or [])[:MAX_EXAMPLES]:
-                path = item.get("path") if isinstance(item, dict) else table.iloc[item]["path"]
-                value = table.loc[table["path"] == path, column].iloc[0] if column else ""
-                examples.append(f"{path}: {column}={value}")
-            count = details.get("unexpected_count")
-            if count is None:  # table-level expectations report an observed value instead
-                count, examples = 1, [f"observed {details.get('observed_value')}"]
-            failures.append(Failure(config.type, column, int(count), examples))
+            column, error = config.kwargs.get("column"), _exception(result)
+            if error:
+                failures.append(Failure(config.type, column, 1, observed=f"could not be evaluated: {error}"))
+            elif details.get("unexpected_count") is not None:
+                examples = []
+                for item in details.get("partial_unexpected_index_list") or []:
+                    path = item["path"]
+                    examples.append(f"{path}: {column}={values.get(path, {}).get(column)}")
+                failures.append(Failure(config.type, column, int(details["unexpected_count"]), examples))
+            else:  # dataset-level expectations report what they observed
+                observed = details.get("observed_value")
+                observed = f"{observed:.4f}" if isinstance(observed, float) else observed
+                bounds = _bounds(config.kwargs.get("min_value"), config.kwargs.get("max_value"))
+                failures.append(Failure(config.type, column, 1, observed=f"observed {observed}, expected {bounds}"))
     return failures
 
 
-def validate_source(source: str | Path, name: str, cfg: ValidateConfig, out_dir: Path, downloads: Path | None = None) -> ValidationReport:
-    """Build the table for ``source``, run the checkpoint, write ``out_dir/<name>.json|csv``."""
-    with open_source(source, downloads) as root:
-        files = list_images(root)
-        log.info("%s: describing %d images under %s", name, len(files), source)
-        table = build_table(root, files)
-    result = run_checkpoint(table, cfg, name)
-    report = ValidationReport(name, str(source), len(table), bool(result.success), _failures(result, table))
-    # Ingest decodes exactly the accepted rows; a failed validation accepts none.
-    table["accepted"] = report.success
+def load_reference(path: Path | None, name: str) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get(name)
+        for column in STAT_COLUMNS if entry is not None else []:
+            float(entry["statistics"][column])  # a hand-edited file must still hold numbers
+        return entry
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
+        raise DataValidationError(f"{path}: not a valid drift reference ({type(err).__name__}: {err}); fix or delete it") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    _write_text(path, table.to_csv(index=False))
+
+
+def _save_reference(path: Path, name: str, source: str, images: int, statistics: dict[str, float]) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = {"source": source, "images": images, "statistics": statistics}
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _decide(table: pd.DataFrame, first, checkpoints: Checkpoints, cfg: ValidateConfig, report: ValidationReport) -> bool:
+    """Apply ``validate.on_fail``; fills ``report.decision``; True when training may go on."""
+    bad, total = int(table["fault"].notna().sum()), len(table)
+    share = f"{bad} of {total} files bad ({bad / max(total, 1):.1%})"
+    if first.success:
+        report.decision = f"all {total} image files from {report.source} passed"
+        return True
+    if cfg.on_fail == "stop" or bad == 0:
+        what = share if bad else "the dataset as a whole failed (see the failed expectations)"
+        report.decision = f"{report.source}: {what}; validate.on_fail={cfg.on_fail}, so nothing is trained"
+        return False
+    if bad / total > cfg.max_bad_fraction:
+        report.decision = f"{report.source}: {share}, above validate.max_bad_fraction={cfg.max_bad_fraction:.1%}; nothing is trained"
+        return False
+    second = checkpoints.run(table[table["fault"].isna()], "good_files")
+    report.quarantine_failures = _failures(second, table)
+    if second.success:
+        report.decision = f"{report.source}: {share}, quarantined (reports/quarantine.csv); training on the other {total - bad}"
+        return True
+    report.decision = f"{report.source}: {share} quarantined, but the remaining {total - bad} still fail; nothing is trained"
+    return False
+
+
+def check_source(
+    source: str | Path,
+    name: str,
+    cfg: ValidateConfig,
+    out_dir: Path,
+    downloads: Path | None = None,
+    *,
+    image_size: int | None = None,
+    reference: Path | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[ValidationReport, pd.DataFrame]:
+    """Validate one source; writes ``out_dir/<name>.json``, ``<name>_table.csv`` and ``data_docs/<name>/``.
+
+    ``image_size``: the training size (for ``resize`` in ``validate.convert``); ``reference``: the
+    drift reference file, read and, on a pass, updated; ``cache_dir``: where the table cache lives.
+    """
+    refused: list = []
+    with open_source(source, downloads, refused) as root:
+        listing = scan_images(root, refused)
+        log.info("%s: describing %d image files under %s", name, len(listing.files), source)
+        cache = TableCache(cache_dir / f"{name}.parquet" if cache_dir else None, str(source), cfg.max_pixels)
+        facts = build_table(root, listing, cfg.max_pixels, cache, cfg.workers)
+    rules = Rules(cfg, image_size)
+    table = rules.assign_faults(facts)
+    try:
+        ref, ref_error = load_reference(reference, name), None
+    except DataValidationError as err:  # without its reference the drift check cannot run: fail, do not skip it
+        ref, ref_error = None, str(err)
+    good = table[table["fault"].isna()]
+    bad = table[table["fault"].notna()]
+    report = ValidationReport(
+        name,
+        str(source),
+        len(table),
+        False,
+        [],
+        policy=cfg.on_fail,
+        faults={f: int(n) for f, n in bad["fault"].value_counts().reindex(FAULTS).dropna().items()},
+        bad_files=[f"{r.path}: {r.fault} ({r.detail})" for r in bad.head(MAX_EXAMPLES).itertuples()],
+        skipped=dict(sorted(listing.skipped.items())),
+        converted=dict(Counter(step for steps in good["convert"].dropna() for step in steps.split("+"))),
+        statistics={c: round(float(good[c].mean()), 6) for c in STAT_COLUMNS} if len(good) else {},
+        reference=ref,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / f"{name}_table.csv", index=False)
-    (out_dir / f"{name}.json").write_text(json.dumps(asdict(report), indent=2))
-    return report
+    docs_tmp = Path(tempfile.mkdtemp(prefix=f".{name}-docs-", dir=out_dir))
+    try:
+        checkpoints = Checkpoints(name, rules, ref and ref["statistics"], docs_tmp)
+        first = checkpoints.run(table, "all_files")
+        report.failures = _failures(first, table)
+        report.success = _decide(table, first, checkpoints, cfg, report) and ref_error is None
+        if ref_error:
+            report.decision = f"{ref_error}; nothing is trained"
+        docs = out_dir / "data_docs" / name
+        if docs.exists():
+            shutil.rmtree(docs)
+        docs.parent.mkdir(exist_ok=True)
+        docs_tmp.rename(docs)
+        report.data_docs = str(docs / "index.html")
+    finally:
+        shutil.rmtree(docs_tmp, ignore_errors=True)
+    if report.success and ref is None:
+        report.decision += "; no drift reference yet: this version becomes it"
+    # Ingest decodes exactly the accepted rows; a failed validation accepts none.
+    table["accepted"] = report.success & table["fault"].isna()
+    report.accepted = int(table["accepted"].sum())
+    write_csv(table, out_dir / f"{name}_table.csv")
+    _write_text(out_dir / f"{name}.json", json.dumps(asdict(report), indent=2, default=str))
+    if report.success and reference is not None:
+        _save_reference(reference, name, str(source), report.accepted, report.statistics)
+    return report, table
+
+
+def validate_source(
+    source: str | Path, name: str, cfg: ValidateConfig, out_dir: Path, downloads: Path | None = None, **options
+) -> ValidationReport:
+    """:func:`check_source`, returning only the report."""
+    return check_source(source, name, cfg, out_dir, downloads, **options)[0]
 
 
 def validate_stage(layout: Layout, cfg: PipelineConfig) -> list[ValidationReport]:
-    """Validate the unlabeled pool and the labeled evaluation set; never raises on bad data."""
-    return [
-        validate_source(source, name, cfg.validate, layout.validation, layout.downloads)
-        for name, source in (("unlabeled", cfg.data.unlabeled), ("labeled", cfg.data.labeled))
-    ]
+    """Validate the unlabeled pool and the labeled evaluation set; never raises on bad data.
+
+    Also writes ``reports/quarantine.csv``: every bad file of both sources with its fault
+    (under ``on_fail: quarantine``, exactly the files left out of training).
+    """
+    reports, bad = [], []
+    for name, source in (("unlabeled", cfg.data.unlabeled), ("labeled", cfg.data.labeled)):
+        report, table = check_source(
+            source, name, cfg.validate, layout.validation, layout.downloads,
+            image_size=cfg.data.image_size, reference=layout.reference_stats, cache_dir=layout.validation_cache,
+        )  # fmt: skip
+        reports.append(report)
+        bad.append(table.loc[table["fault"].notna(), ["path", "fault", "detail"]].assign(dataset=name))
+    write_csv(pd.concat(bad, ignore_index=True), layout.quarantine)
+    return reports
+
+
+def log_validation(layout: Layout) -> None:
+    """Log the validation outcome into the active MLflow run (the pretraining run)."""
+    import mlflow
+
+    for path in sorted(layout.validation.glob("*.json")):
+        mlflow.log_artifact(str(path), artifact_path="validation")
+        mlflow.log_metrics(report_metrics(json.loads(path.read_text())))
+    for docs in sorted(p for p in (layout.validation / "data_docs").glob("*") if p.is_dir()):
+        mlflow.log_artifacts(str(docs), artifact_path=f"validation/data_docs/{docs.name}")
+    if layout.quarantine.exists():
+        mlflow.log_artifact(str(layout.quarantine), artifact_path="validation")
 
 
 def raise_for_failures(reports: list[ValidationReport]) -> None:

@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "augment": {"preview_images": 4},
     "pretrain": {"epochs": 2, "width": 4, "batch_size": 32, "warmup_epochs": 0},
     "evaluate": {"knn_k": 5, "probe_weight_decays": [0.01, 0.1]},
+    "finetune": {"steps": 2, "batch_size": 8, "warmup_steps": 1},
 }
 
 
@@ -91,3 +92,41 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def make_registrable_project(root: Path, probe_acc: float, data_seed: int = 0, encoder_seed: int = 0):
+    """What the register stage reads, without training: a width-4 encoder, a random 3-class
+    labeled set, metrics.json with the given probe accuracy, and a finished MLflow run
+    (in the store MLFLOW_TRACKING_URI names). Returns the Layout."""
+    import json
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from ssl_models.encoder import Encoder, save_encoder
+    from tasks.layout import Layout
+    from tasks.tracking import save_run_id, use_store
+
+    layout = Layout.at(root)
+    torch.manual_seed(encoder_seed)
+    save_encoder(Encoder("resnet18_cifar", {"width": 4}), layout.encoder, extra={"method": "simclr"})
+    layout.labeled.mkdir(parents=True)
+    rng = np.random.default_rng(data_seed)
+    for split, n in (("train", 8), ("test", 4)):
+        np.save(layout.labeled / f"{split}_images.npy", rng.integers(0, 256, (3 * n, 32, 32, 3), dtype=np.uint8))
+        np.save(layout.labeled / f"{split}_labels.npy", np.repeat(np.arange(3), n))
+    (layout.labeled / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    write_probe_metrics(layout.reports, probe_acc)
+    use_store(layout.root, "ssl-pipeline")
+    with mlflow.start_run() as run:
+        pass
+    save_run_id(layout.run_file, run.info.run_id)
+    return layout
+
+
+def write_probe_metrics(reports: Path, probe_acc: float) -> None:
+    import json
+
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps({"ssl": {"linear_probe_acc": probe_acc, "knn_acc": 0.5, "probe_weight_decay": 0.1}}))

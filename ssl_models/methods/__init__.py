@@ -6,8 +6,8 @@ from typing import Any
 
 from ssl_models.augment import ViewPolicy
 from ssl_models.encoder import Encoder
-from ssl_models.methods.base import SSLMethod, StepOutput
 from ssl_models.methods.barlow_twins import BarlowTwins
+from ssl_models.methods.base import SSLMethod, StepOutput
 from ssl_models.methods.byol import BYOL
 from ssl_models.methods.colorization import Colorization
 from ssl_models.methods.inpainting import Inpainting

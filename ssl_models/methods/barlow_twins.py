@@ -16,6 +16,7 @@ off-diagonal sum has fewer terms, so the decorrelation pressure is milder).
 
 Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
 Kept after training: ``encoder`` (the projector is dropped).
+Embeddings for collapse monitoring: the projections standardised over the batch.
 Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine) works; the paper uses
 LARS, lr 0.2 per 256 for weights, wd 1.5e-6. The loss is large (hundreds at the
 start for D = 512), which SGD copes with because BN bounds the correlations.
@@ -56,7 +57,11 @@ class BarlowTwins(nn.Module):
         x = torch.cat([self.views(images), self.views(images)])  # (2B, 3, S, S)
         z = self.projector(self.encoder(x))  # (2B, D), one pass so BN sees both views
         z_a, z_b = z[:n], z[n:]
-        return StepOutput(barlow_twins_loss(z_a, z_b, self.lambda_offdiag), z_a.detach())
+        # Monitor what the loss sees: z standardised over the batch. The loss ignores each
+        # dimension's offset and scale, so raw z can drift to a large common offset or
+        # uneven scales that look like collapse to the monitor while C stays healthy.
+        monitored = (z_a - z_a.mean(0)) / z_a.std(0).clamp_min(1e-6)
+        return StepOutput(barlow_twins_loss(z_a, z_b, self.lambda_offdiag), monitored.detach())
 
     def after_step(self, progress: float) -> None:
         """Barlow Twins has no momentum parts; nothing to update."""

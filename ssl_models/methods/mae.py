@@ -33,11 +33,14 @@ Backbones: ``vit_tiny`` only (masking needs tokens).
 Kept after training: ``encoder`` (the decoder and mask token are dropped).
 Embeddings for collapse monitoring: the mean of the encoded visible tokens.
 Optimiser: AdamW, as the paper (base lr 1.5e-4 per 256, betas (0.9, 0.95), wd 0.05,
-warm-up). The paper's lr is for 800+ epochs; short CPU runs need more: lr 1.5e-3
-per 256 (see ``recommended``). SGD at lr 0.3 does not train a ViT well.
+warm-up), but the paper's lr is for 800+ epochs: short runs need more, lr 1.5e-3 per
+256 (see ``recommended``). 3 epochs on 1000 CIFAR images, final-epoch loss: AdamW
+1.5e-3: 0.92; AdamW 1.5e-4: 1.24; the pipeline's SGD 0.3: 0.98.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,7 +54,7 @@ from ssl_models.methods.base import StepOutput
 
 class MAE(nn.Module):
     backbones = ("vit_tiny",)
-    recommended = {"optimizer": "adamw", "lr": 1.5e-3, "weight_decay": 0.05}
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1.5e-3, "weight_decay": 0.05}
 
     def __init__(
         self,

@@ -28,8 +28,13 @@ content (the paper's section 3.3). As the paper does across GPUs, the batch is s
 into ``bn_groups`` groups for BN, and the keys are shuffled before the split, so a
 query and its key never share statistics.
 
-Momentum: constant ``momentum`` (0.99 suits short runs; the paper's 0.999 suits long
-ones), or with ``cosine_momentum`` increased from it to 1 over training (MoCo v3/BYOL).
+Momentum: constant ``momentum``, as MoCo v2 (0.99 suits short runs; the paper's
+0.999 suits long ones), or with ``cosine_momentum`` increased from it to 1 over
+training (MoCo v3/BYOL). The cosine is off by default: over a run of a few hundred
+steps it freezes the key encoder close to its random initialisation.
+
+Reading the loss: it rises while the queue fills (more negatives, a harder
+(K+1)-way problem), so compare epochs only once the queue is full.
 
 Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
 Kept after training: ``encoder`` (the query encoder; the key encoder, projectors and
@@ -63,7 +68,7 @@ class MoCo(nn.Module):
         temperature: float = 0.2,
         queue_size: int = 4096,
         momentum: float = 0.99,
-        cosine_momentum: bool = True,
+        cosine_momentum: bool = False,
         bn_groups: int = 2,
     ) -> None:
         super().__init__()

@@ -34,8 +34,8 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"ssl", "random_init", "raw_pixels"}
-    for scores in metrics.values():
+    assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency"}
+    for scores in (metrics[name] for name in ("ssl", "random_init", "raw_pixels")):
         assert 0 <= scores["linear_probe_acc"] <= 1 and 0 <= scores["knn_acc"] <= 1
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
@@ -52,9 +52,18 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert run.data.tags["git_commit"]
     artifacts = {a.path for folder in ("plots", "augment", "validation") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"plots/curves.png", "plots/evaluation.png", "augment/augment_preview.png", "validation/unlabeled.json"} <= artifacts
+    # The label-efficiency curve (1%, 10%, 100%: fine-tuned vs from scratch) and the t-SNE picture.
+    assert {"plots/label_efficiency.png", "plots/embeddings.png"} <= artifacts
+    curve = metrics["label_efficiency"]
+    assert set(curve["ssl_finetune"]) == set(curve["scratch"]) == {"1%", "10%", "100%"}
+    assert metrics["supervised_scratch"]["test_acc"] == curve["scratch"]["100%"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "label_efficiency/scratch")] == [3, 6, 48]
 
     version = client.get_model_version_by_alias("ssl-encoder", "challenger")
     assert int(version.version) == result["version"] == 1
+    # The first version is champion too, and the gate says so in the run and on the version.
+    assert set(version.aliases) == {"challenger", "champion"} and result["champion"] is True
+    assert version.tags["gate/reason"] == "first" and run.data.tags["gate/decision"] == "promoted"
     assert version.tags["method"] == "simclr"
     assert version.tags["data_version"] == run.data.tags["data_version"]
     assert float(version.tags["linear_probe_acc"]) == round(metrics["ssl"]["linear_probe_acc"], 4)

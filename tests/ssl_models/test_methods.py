@@ -32,7 +32,19 @@ def images() -> torch.Tensor:
 
 
 def test_the_expected_methods_are_registered():
-    expected = {"simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "mae", "rotation", "relative_patch", "colorization", "inpainting"}
+    expected = {
+        "simclr",
+        "moco",
+        "byol",
+        "simsiam",
+        "barlow_twins",
+        "vicreg",
+        "mae",
+        "rotation",
+        "relative_patch",
+        "colorization",
+        "inpainting",
+    }
     assert expected <= set(METHODS)
     assert default_backbone("mae") == "vit_tiny"
     for cls in METHODS.values():
@@ -66,9 +78,9 @@ def test_pretrain_runs_each_method(name):
     assert len(history) == 1 and math.isfinite(history[0].loss)
 
 
-@pytest.mark.parametrize("name", list(MOMENTUM))
-def test_momentum_targets_follow_the_online_network(name, images):
-    method = tiny_method(name)
+@pytest.mark.parametrize(("name", "hparams"), [("moco", {"cosine_momentum": True}), ("byol", {})])
+def test_momentum_targets_follow_the_online_network(name, hparams, images):
+    method = tiny_method(name, **hparams)
     target_encoder, target_projector = (getattr(method, a) for a in MOMENTUM[name])
     online = [*method.encoder.parameters(), *method.projector.parameters()]
     target = [*target_encoder.parameters(), *target_projector.parameters()]
@@ -93,6 +105,17 @@ def test_momentum_targets_follow_the_online_network(name, images):
     assert after == pytest.approx(base * before, rel=1e-4)  # t - o shrinks by exactly m
     method.after_step(1.0)  # the cosine schedule reaches 1: the target stops moving
     assert distance() == pytest.approx(after, rel=1e-6)
+
+
+def test_moco_constant_momentum_by_default(images):
+    method = tiny_method("moco")
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(1.0)
+    gap = [(t - o).clone() for t, o in zip(method.key_encoder.parameters(), method.encoder.parameters())]
+    method.after_step(1.0)  # no cosine: still m = 0.99 at the end of training
+    for g, t, o in zip(gap, method.key_encoder.parameters(), method.encoder.parameters()):
+        assert torch.allclose(t - o, 0.99 * g, atol=1e-6)
 
 
 def test_moco_queue_fills_then_wraps(images):
@@ -192,7 +215,7 @@ def test_mae_norm_pix_targets_are_standardised_patches():
 
 def test_mae_encoder_sees_only_visible_tokens_and_still_encodes_whole_images(images):
     mae = tiny_method("mae")
-    latent, mask, ids_restore = mae.forward_encoder(images, 0.75)
+    latent, _, ids_restore = mae.forward_encoder(images, 0.75)
     assert latent.shape == (8, 1 + 16, 32)
     assert mae.forward_decoder(latent, ids_restore).shape == (8, 64, 48)
     assert mae.encoder(images).shape == (8, mae.encoder.feature_dim)  # the plain encoder path
@@ -226,6 +249,13 @@ def test_relative_patch_colour_dropping_keeps_one_channel():
         others = [c for c in range(3) if c != kept[0]]
         assert dropped[b, others].std() < 0.05  # faint noise
     assert torch.equal(method._drop_colour(patches, torch.zeros(6, dtype=torch.bool)), patches)
+
+
+def test_relative_patch_with_all_neighbours(images):
+    method = tiny_method("relative_patch", all_neighbours=True)
+    out = method.training_step(images)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.embeddings.shape == (len(images), method.encoder.feature_dim)
 
 
 def test_relative_patch_rejects_a_grid_that_does_not_fit():

@@ -24,6 +24,9 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("pretrain.epochs=-1", "pretrain.epochs"),
         ("pretrain.epochs", "KEY=VALUE"),
         ("register.alias.x=1", "register.alias"),
+        ("evaluate.label_fractions=[0.1, 2]", "evaluate.label_fractions"),
+        ("register.min_improvement=-0.1", "register.min_improvement"),
+        ("finetune.label_fraction=0", "finetune.label_fraction"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):
@@ -36,3 +39,8 @@ def test_bad_yaml_names_the_file(tmp_path):
     params.write_text("pretrain: [unclosed\n")
     with pytest.raises(ConfigError, match="params.yaml"):
         load_config(params)
+
+
+def test_label_efficiency_curve_always_ends_at_all_labels():
+    # 100% is where the supervised from-scratch reference comes from.
+    assert load_config(None, ["evaluate.label_fractions=[0.1, 0.01]"]).evaluate.label_fractions == [0.01, 0.1, 1.0]

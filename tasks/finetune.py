@@ -1,0 +1,187 @@
+"""Finetune stages: a labeled folder + the champion encoder -> a registered classifier.
+
+    resolve   find ``models:/<register.model_name>@<finetune.encoder_alias>`` and download it
+    validate  the folder through the pipeline's GX checkpoint     reports/finetune/validation/
+    ingest    decode it (the pipeline's ingest_labeled)            data/prepared/finetune/
+    finetune  fine-tune the encoder + a linear head on ``finetune.label_fraction`` of the train
+              labels; to show what pretraining buys, also fine-tune it and train the same
+              architecture from scratch on ``finetune.compare_fraction``. Opens its own MLflow
+              run (experiment ``finetune.experiment``) tagged with the encoder version.
+                                                                   models/classifier/, reports/finetune/metrics.json
+    register  the classifier as an MLflow LoggedModel, a new version of ``ssl-classifier``
+
+Everything is weights + JSON config: the encoder is read with ``torch.load(weights_only=True)``,
+the classifier is written the same way. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ssl_models.encoder import CONFIG_FILE, load_encoder
+from ssl_models.finetune import Classifier, finetune_accuracy, load_classifier, save_classifier, stratified_subset
+from tasks.config import PipelineConfig
+from tasks.evaluate import finetune_settings, load_classes, load_labeled
+from tasks.ingest import ingest_labeled
+from tasks.layout import Layout
+from tasks.lineage import dvc_hash, git_commit
+from tasks.pretrain import resolve_device
+from tasks.promote import current_champion, registry_lock
+from tasks.tracking import resumed_run, save_run_id, use_store
+from tasks.validate import ValidationReport, validate_source
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    """The registered encoder a fine-tuning starts from, pinned to its version."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    local_dir: str  # its weights.pt + config.json, downloaded
+    image_size: int
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def no_encoder_message(cfg: PipelineConfig) -> str:
+    name, alias = cfg.register.model_name, cfg.finetune.encoder_alias
+    return f"models:/{name}@{alias} does not exist: run the pipeline first (`sslpipe run`), or set one with `sslpipe promote VERSION`"
+
+
+def resolve_encoder_stage(layout: Layout, cfg: PipelineConfig) -> EncoderRef | None:
+    """Pin ``@encoder_alias`` to a version and download it; None when there is no such alias."""
+    import mlflow
+
+    use_store(layout.root, cfg.finetune.experiment)
+    name, alias = cfg.register.model_name, cfg.finetune.encoder_alias
+    version = current_champion(mlflow.MlflowClient(), name, alias)
+    if version is None:
+        return None
+    target = layout.models / "base_encoder"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    # Download the pinned version, not the alias: the alias may move while we train.
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target))
+    image_size = int(json.loads((Path(local) / CONFIG_FILE).read_text()).get("image_size", 32))
+    return EncoderRef(name, str(version.version), alias, version.run_id or "", str(local), image_size)
+
+
+def finetune_validate_stage(layout: Layout, cfg: PipelineConfig) -> ValidationReport:
+    """The labeled folder through the same GX checkpoint as the pipeline's data."""
+    return validate_source(cfg.finetune.data, "finetune", cfg.validate, layout.finetune_reports / "validation", layout.downloads)
+
+
+def finetune_ingest_stage(layout: Layout, cfg: PipelineConfig, image_size: int) -> dict[str, int]:
+    """Decode at the encoder's own input size (which may differ from ``data.image_size``)."""
+    return ingest_labeled(cfg.finetune.data, layout.finetune_data, image_size, cfg.data.test_fraction, layout.downloads)
+
+
+def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, flow_run_id: str | None = None) -> dict:
+    """Fine-tune, compare with training from scratch, save the classifier, open the MLflow run."""
+    import mlflow
+
+    f = cfg.finetune
+    labeled = load_labeled(layout.finetune_data)
+    classes = load_classes(layout.finetune_data)
+    train, test = (labeled["train_images"], labeled["train_labels"]), (labeled["test_images"], labeled["test_labels"])
+    base = load_encoder(encoder.local_dir)
+    settings = finetune_settings(f)
+    device = resolve_device(f.device)
+    accuracy, classifier = finetune_accuracy(base, train, test, len(classes), settings, f.label_fraction, device=device)
+    metrics: dict = {
+        "test_acc": accuracy,
+        "label_fraction": f.label_fraction,
+        "train_labels": len(stratified_subset(train[1], f.label_fraction, settings.seed)),
+        "test_images": len(test[1]),
+    }
+    if f.compare_fraction is not None:
+        same = f.compare_fraction == f.label_fraction
+        ssl_acc = accuracy if same else finetune_accuracy(base, train, test, len(classes), settings, f.compare_fraction, device=device)[0]
+        scratch_acc, _ = finetune_accuracy(base, train, test, len(classes), settings, f.compare_fraction, random_init=True, device=device)
+        metrics["compare"] = {
+            "fraction": f.compare_fraction,
+            "train_labels": len(stratified_subset(train[1], f.compare_fraction, settings.seed)),
+            "ssl_finetune_acc": ssl_acc,
+            "scratch_acc": scratch_acc,
+        }
+    save_classifier(classifier, layout.classifier, extra={"classes": classes, "encoder_uri": encoder.uri})
+    layout.finetune_reports.mkdir(parents=True, exist_ok=True)
+    metrics_file = layout.finetune_reports / "metrics.json"
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+
+    data_version = dvc_hash(layout.finetune_data)
+    tags = {
+        "encoder_model": encoder.name,
+        "encoder_version": encoder.version,
+        "encoder_alias": encoder.alias,
+        "encoder_uri": encoder.uri,
+        "encoder_run_id": encoder.run_id,
+        "data_version": data_version,
+        "git_commit": git_commit(layout.root),
+    }
+    if flow_run_id:
+        tags["prefect_flow_run_id"] = flow_run_id
+    use_store(layout.root, f.experiment)
+    with mlflow.start_run(run_name=f"finetune-{encoder.name}-v{encoder.version}", tags=tags) as run:
+        mlflow.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
+        mlflow.log_metrics({"test_acc": accuracy, "train_labels": metrics["train_labels"]})
+        if "compare" in metrics:
+            mlflow.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})
+        mlflow.log_artifact(str(metrics_file))
+        for report in sorted((layout.finetune_reports / "validation").glob("*.json")):
+            mlflow.log_artifact(str(report), artifact_path="validation")
+        run_id = run.info.run_id
+    save_run_id(layout.finetune_run_file, run_id)
+    return metrics | {"run_id": run_id, "encoder_uri": encoder.uri}
+
+
+def register_classifier_stage(layout: Layout, cfg: PipelineConfig) -> int:
+    """Log models/classifier/ to the finetune run and register a new version of ``finetune.model_name``."""
+    import mlflow
+
+    f = cfg.finetune
+    metrics = json.loads((layout.finetune_reports / "metrics.json").read_text())
+    with resumed_run(layout.root, layout.finetune_run_file, f.experiment) as run:
+        keep = ("encoder_model", "encoder_version", "encoder_uri", "encoder_run_id", "data_version", "git_commit")
+        tags = {k: run.data.tags.get(k, "") for k in keep} | {
+            "test_acc": f"{metrics['test_acc']:.4f}",
+            "label_fraction": str(metrics["label_fraction"]),
+        }
+        client = mlflow.MlflowClient()
+        model = mlflow.initialize_logged_model(name=f.model_name, source_run_id=run.info.run_id, tags=tags, model_type="ssl-classifier")
+        client.log_model_artifacts(model.model_id, str(layout.classifier))
+        mlflow.finalize_logged_model(model.model_id, "READY")
+        with registry_lock(layout.root):  # the registry's version numbering, as in the pipeline
+            version = mlflow.register_model(f"models:/{model.model_id}", f.model_name, tags=tags)
+        mlflow.set_tag("registered_version", version.version)
+    record = {"model_name": f.model_name, "version": int(version.version), "run_id": run.info.run_id, "encoder_uri": tags["encoder_uri"]}
+    (layout.finetune_reports / "registered.json").write_text(json.dumps(record, indent=2))
+    return int(version.version)
+
+
+def load_registered_classifier(
+    uri: str = "models:/ssl-classifier/latest", root: Path | None = None, experiment: str = "ssl-finetune"
+) -> Classifier:
+    """Download a registered classifier and rebuild it, weights only. Its config.json holds the class names."""
+    import mlflow
+
+    use_store(root or Path.cwd(), experiment)
+    return load_classifier(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+# The Prefect tasks are the stage functions as-is (no caching: the inputs are a layout and a config).
+resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
+finetune_validate_task = task(finetune_validate_stage, name="validate", cache_policy=NO_CACHE)
+finetune_ingest_task = task(finetune_ingest_stage, name="ingest", cache_policy=NO_CACHE)
+finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
+register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)

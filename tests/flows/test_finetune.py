@@ -1,0 +1,100 @@
+"""The fine-tuning flow on a real Prefect server and a real sqlite MLflow store: it starts from
+the registered champion, logs its own run linked to that version, registers ssl-classifier;
+without a champion or with a bad file it stops with a clear message and registers nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+
+from flows.finetune import finetune_flow
+from ssl_models.encoder import load_encoder
+from ssl_models.finetune import load_classifier
+from tasks.config import load_config
+from tasks.finetune import load_registered_classifier
+from tasks.register import register_stage
+from tests.conftest import make_registrable_project
+
+BIN = Path(sys.executable).parent
+
+
+def _config(project: Path, *overrides: str):
+    base = [f"finetune.data={project / 'input' / 'labeled'}", "finetune.compare_fraction=0.5"]
+    return load_config(project / "params.yaml", [*base, *overrides])
+
+
+def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, mlflow_store, prefect_server):
+    champion = make_registrable_project(project, 0.5, encoder_seed=3)
+    register_stage(champion, load_config(None))
+    # A vanishing learning rate: the trained weights must still be the champion's, which
+    # shows the classifier was built on it (BatchNorm statistics do move; they are buffers).
+    state = finetune_flow(config=_config(project, "finetune.lr=1e-9"), root=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+
+    client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
+    encoder_version = client.get_model_version("ssl-encoder", "1")
+    run = client.get_run(result["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "ssl-finetune"
+    assert run.data.tags["encoder_version"] == "1"
+    assert run.data.tags["encoder_uri"] == "models:/ssl-encoder/1"
+    assert run.data.tags["encoder_run_id"] == encoder_version.run_id
+    assert run.data.params["finetune.lr"] == "1e-09"
+    assert run.data.metrics["test_acc"] == result["test_acc"]
+    assert {"compare/ssl_finetune_acc", "compare/scratch_acc"} <= set(run.data.metrics)
+    assert result["compare"]["train_labels"] == 24  # half of 3 classes x 16 train images
+    assert result["train_labels"] == 48
+
+    version = client.get_model_version("ssl-classifier", str(result["version"]))
+    assert version.run_id == run.info.run_id
+    assert version.tags["encoder_version"] == "1" and version.tags["encoder_uri"] == "models:/ssl-encoder/1"
+    classifier = load_registered_classifier(f"models:/ssl-classifier/{result['version']}", root=project)
+    config = json.loads((project / "models" / "classifier" / "config.json").read_text())
+    assert config["classes"] == ["airplane", "cat", "ship"]
+    images = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(classifier(images), load_classifier(project / "models" / "classifier")(images))
+
+    base = load_encoder(champion.encoder)
+    for (name, tuned), (_, original) in zip(classifier.encoder.named_parameters(), base.named_parameters()):
+        assert torch.allclose(tuned, original, atol=1e-6), name
+
+
+def test_without_a_champion_nothing_is_trained_or_registered(project, mlflow_store, prefect_server):
+    state = finetune_flow(config=_config(project), root=str(project), return_state=True)
+    assert state.is_failed()
+    assert "models:/ssl-encoder@champion does not exist" in state.message
+    assert not (project / "models" / "classifier").exists()
+    assert MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models() == []
+
+
+def test_a_corrupt_image_stops_finetuning_at_validation(project, mlflow_store, prefect_server):
+    register_stage(make_registrable_project(project, 0.5), load_config(None))
+    folder = project / "input" / "labeled" / "train" / "cat"
+    (folder / "broken.jpg").write_bytes(next(folder.glob("*.jpg")).read_bytes()[:150])
+    state = finetune_flow(config=_config(project), root=str(project), return_state=True)
+    assert state.is_failed()
+    assert "broken.jpg" in state.message
+    assert not (project / "models" / "classifier").exists()
+    assert [m.name for m in MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models()] == ["ssl-encoder"]
+
+
+def _sslpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "sslpipe"), *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ.copy()
+    )
+
+
+def test_cli_explains_a_missing_folder_and_a_missing_champion(project, mlflow_store):
+    missing = _sslpipe("finetune", "--data", "no/such/folder", cwd=project)
+    assert missing.returncode == 2
+    assert "no/such/folder: no such file or folder (finetune.data)" in missing.stderr
+    no_champion = _sslpipe("finetune", "--data", "input/labeled", "-q", cwd=project)
+    assert no_champion.returncode == 2, no_champion.stderr[-2000:]
+    assert "models:/ssl-encoder@champion does not exist" in no_champion.stderr
+    assert "sslpipe promote" in no_champion.stderr
+    for out in (missing, no_champion):
+        assert "Traceback" not in out.stderr + out.stdout
