@@ -83,8 +83,7 @@ class ValidationReport:
         return sum(self.faults.values())
 
     def summary(self) -> str:
-        head = {True: "passed", False: "FAILED"}[self.success]
-        lines = [f"{self.name}: {head}: {self.decision}"]
+        lines = [f"{self.name}: {'passed' if self.success else 'FAILED'}: {self.decision}"]
         if self.faults:
             lines.append("  faults: " + ", ".join(f"{fault} {count}" for fault, count in self.faults.items()))
         if self.skipped:
@@ -213,11 +212,16 @@ def _failures(checkpoint_result, table: pd.DataFrame) -> list[Failure]:
     return failures
 
 
-def load_reference(path: Path | None, name: str) -> dict | None:
+def load_reference(path: Path | None, name: str, source: str) -> dict | None:
+    """The statistics of the last version of ``source`` that passed, if any.
+
+    References are kept per source: a folder the pipeline has never seen has no
+    previous version, so a user's own photos are not judged against CIFAR's colours.
+    """
     if path is None or not path.exists():
         return None
     try:
-        entry = json.loads(path.read_text()).get(name)
+        entry = json.loads(path.read_text()).get(name, {}).get(source)
         for column in STAT_COLUMNS if entry is not None else []:
             float(entry["statistics"][column])  # a hand-edited file must still hold numbers
         return entry
@@ -239,7 +243,7 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
 
 def _save_reference(path: Path, name: str, source: str, images: int, statistics: dict[str, float]) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = {"source": source, "images": images, "statistics": statistics}
+    data.setdefault(name, {})[source] = {"images": images, "statistics": statistics}
     _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -291,7 +295,7 @@ def check_source(
     rules = Rules(cfg, image_size)
     table = rules.assign_faults(facts)
     try:
-        ref, ref_error = load_reference(reference, name), None
+        ref, ref_error = load_reference(reference, name, str(source)), None
     except DataValidationError as err:  # without its reference the drift check cannot run: fail, do not skip it
         ref, ref_error = None, str(err)
     good = table[table["fault"].isna()]
@@ -327,7 +331,7 @@ def check_source(
         report.data_docs = str(docs / "index.html")
     finally:
         shutil.rmtree(docs_tmp, ignore_errors=True)
-    if report.success and ref is None:
+    if report.success and reference is not None and ref is None:
         report.decision += "; no drift reference yet: this version becomes it"
     # Ingest decodes exactly the accepted rows; a failed validation accepts none.
     table["accepted"] = report.success & table["fault"].isna()

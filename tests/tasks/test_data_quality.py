@@ -110,29 +110,34 @@ def test_quarantine_still_needs_enough_good_images(tmp_path, dump):
 
 def test_drift_against_the_last_validated_version(tmp_path, tiny_data):
     reference = tmp_path / "reference_stats.json"
-    first = validate_source(tiny_data["unlabeled"], "unlabeled", ValidateConfig(), tmp_path / "v1", reference=reference)
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data["unlabeled"], pool)
+    first = validate_source(pool, "unlabeled", ValidateConfig(), tmp_path / "v1", reference=reference)
     assert first.success and "becomes it" in first.decision
-    saved = json.loads(reference.read_text())["unlabeled"]
+    saved = json.loads(reference.read_text())["unlabeled"][str(pool)]
     assert saved["images"] == 128 and set(saved["statistics"]) == {"mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"}
 
-    dark = tmp_path / "dark"
-    dark.mkdir()
-    for path in sorted(tiny_data["unlabeled"].glob("*.jpg")):
+    # A new version of the same dataset: every image much darker.
+    for path in sorted(pool.glob("*.jpg")):
         pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-        Image.fromarray((pixels * 0.4).astype(np.uint8)).save(dark / f"{path.stem}.png")
-    report = validate_source(dark, "unlabeled", ValidateConfig(), tmp_path / "v2", reference=reference)
+        Image.fromarray((pixels * 0.4).astype(np.uint8)).save(pool / f"{path.stem}.png")
+        path.unlink()
+    report = validate_source(pool, "unlabeled", ValidateConfig(), tmp_path / "v2", reference=reference)
     assert not report.success and report.faults == {}
     drifted = {f.column for f in report.failures if f.expectation == "expect_column_mean_to_be_between"}
     assert {"mean_r", "mean_g", "mean_b"} <= drifted
     assert "observed" in report.summary()
-    assert json.loads(reference.read_text())["unlabeled"] == saved  # a failure never moves the reference
+    assert json.loads(reference.read_text())["unlabeled"][str(pool)] == saved  # a failure never moves the reference
 
-    assert validate_source(dark, "unlabeled", ValidateConfig(drift_tolerance=None), tmp_path / "v3", reference=reference).success
+    assert validate_source(pool, "unlabeled", ValidateConfig(drift_tolerance=None), tmp_path / "v3", reference=reference).success
+    # A folder never seen before has no previous version to drift from.
+    other = validate_source(tiny_data["unlabeled"], "unlabeled", ValidateConfig(), tmp_path / "v4", reference=reference)
+    assert other.success and "becomes it" in other.decision
 
 
 def test_a_damaged_reference_file_fails_validation_clearly(tmp_path, tiny_data):
     reference = tmp_path / "reference_stats.json"
-    reference.write_text('{"unlabeled": {"statistics": {"mean_r": "x"}}}')
+    reference.write_text(json.dumps({"unlabeled": {str(tiny_data["unlabeled"]): {"statistics": {"mean_r": "x"}}}}))
     report = validate_source(tiny_data["unlabeled"], "unlabeled", ValidateConfig(), tmp_path / "out", reference=reference)
     assert not report.success and "not a valid drift reference" in report.decision
 
