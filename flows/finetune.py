@@ -1,6 +1,6 @@
 """The fine-tuning flow: the stages in order, nothing else.
 
-resolve the champion encoder -> validate -> ingest -> finetune (+ from-scratch comparison) -> register
+resolve the champion encoder -> prepare (validate, ingest) -> finetune (+ from-scratch comparison) -> register
 
 No champion, or bad data, ends the flow run Failed with a message saying so; nothing is
 trained or registered.
@@ -15,9 +15,8 @@ from prefect.states import Failed
 
 from tasks.config import PipelineConfig, load_config
 from tasks.finetune import (
-    finetune_ingest_task,
+    finetune_prepare_task,
     finetune_task,
-    finetune_validate_task,
     no_encoder_message,
     register_classifier_task,
     resolve_encoder_task,
@@ -43,14 +42,13 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     encoder = resolve_encoder_task(layout, cfg)
     if encoder is None:
         return Failed(message=no_encoder_message(cfg))
-    report = finetune_validate_task(layout, cfg)
-    if not report.success:
-        return Failed(message=report.summary())
-    counts = finetune_ingest_task(layout, cfg, encoder.image_size)
+    prepared = finetune_prepare_task(layout, cfg, encoder.image_size)
+    if not prepared.ok:
+        return Failed(message=prepared.message)
     result = finetune_task(layout, cfg, encoder, flow_run_id=flow_run.id)
     version = register_classifier_task(layout, cfg)
     create_markdown_artifact(
         key="ssl-finetune-summary",
         markdown=f"## {cfg.finetune.model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
     )
-    return result | {"version": version, "images": counts}
+    return result | {"version": version, "images": prepared.counts}

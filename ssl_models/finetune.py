@@ -29,11 +29,11 @@ from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, encoder_from_
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    steps: int = 60
+    steps: int = 150
     batch_size: int = 32
     lr: float = 0.05  # SGD with Nesterov momentum, cosine decay to zero after a short warm-up
     weight_decay: float = 5e-4
-    warmup_steps: int = 6
+    warmup_steps: int = 10
     crop_scale_min: float = 0.5  # milder than SSL views: labels must survive the crop
     flip_p: float = 0.5
     seed: int = 0

@@ -1,8 +1,8 @@
 """Finetune stages: a labeled folder + the champion encoder -> a registered classifier.
 
     resolve   find ``models:/<register.model_name>@<finetune.encoder_alias>`` and download it
-    validate  the folder through the pipeline's GX checkpoint     reports/finetune/validation/
-    ingest    decode it (the pipeline's ingest_labeled)            data/prepared/finetune/
+    prepare   validate the folder with the pipeline's GX checkpoint, then decode the files it
+              accepted (the pipeline's ingest_labeled)             reports/finetune/validation/, data/prepared/finetune/
     finetune  fine-tune the encoder + a linear head on ``finetune.label_fraction`` of the train
               labels; to show what pretraining buys, also fine-tune it and train the same
               architecture from scratch on ``finetune.compare_fraction``. Opens its own MLflow
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import task
@@ -33,8 +33,9 @@ from tasks.layout import Layout
 from tasks.lineage import dvc_hash, git_commit
 from tasks.pretrain import resolve_device
 from tasks.promote import current_champion, registry_lock
+from tasks.sources import SourceError
 from tasks.tracking import resumed_run, save_run_id, use_store
-from tasks.validate import ValidationReport, validate_source
+from tasks.validate import validate_source
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,27 @@ def resolve_encoder_stage(layout: Layout, cfg: PipelineConfig) -> EncoderRef | N
     return EncoderRef(name, str(version.version), alias, version.run_id or "", str(local), image_size)
 
 
-def finetune_validate_stage(layout: Layout, cfg: PipelineConfig) -> ValidationReport:
-    """The labeled folder through the same GX checkpoint as the pipeline's data."""
-    return validate_source(cfg.finetune.data, "finetune", cfg.validate, layout.finetune_reports / "validation", layout.downloads)
+@dataclass(frozen=True)
+class Prepared:
+    ok: bool
+    message: str  # the validation summary, or what is wrong with the folder
+    counts: dict[str, int] = field(default_factory=dict)  # images per split
 
 
-def finetune_ingest_stage(layout: Layout, cfg: PipelineConfig, image_size: int) -> dict[str, int]:
-    """Decode at the encoder's own input size (which may differ from ``data.image_size``)."""
-    return ingest_labeled(cfg.finetune.data, layout.finetune_data, image_size, cfg.data.test_fraction, layout.downloads)
+def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, image_size: int) -> Prepared:
+    """Validate ``finetune.data`` (the pipeline's GX checkpoint), then decode what it accepted at
+    the encoder's own input size. Never raises on bad data: a bad folder is a result, which the
+    flow turns into a Failed run with this message (a raise in a task would print a traceback)."""
+    validation = layout.finetune_reports / "validation"
+    report = validate_source(cfg.finetune.data, "finetune", cfg.validate, validation, layout.downloads, image_size=image_size)
+    if not report.success:
+        return Prepared(False, report.summary())
+    try:
+        table = validation / "finetune_table.csv"
+        counts = ingest_labeled(cfg.finetune.data, layout.finetune_data, image_size, cfg.data.test_fraction, layout.downloads, table)
+    except SourceError as err:  # e.g. one class folder only, or an empty split
+        return Prepared(False, str(err))
+    return Prepared(True, report.summary(), counts)
 
 
 def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, flow_run_id: str | None = None) -> dict:
@@ -181,7 +195,6 @@ def load_registered_classifier(
 
 # The Prefect tasks are the stage functions as-is (no caching: the inputs are a layout and a config).
 resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
-finetune_validate_task = task(finetune_validate_stage, name="validate", cache_policy=NO_CACHE)
-finetune_ingest_task = task(finetune_ingest_stage, name="ingest", cache_policy=NO_CACHE)
+finetune_prepare_task = task(finetune_prepare_stage, name="prepare", cache_policy=NO_CACHE)
 finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
 register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)

@@ -4,6 +4,7 @@ without a champion or with a bad file it stops with a clear message and register
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,16 @@ def test_a_corrupt_image_stops_finetuning_at_validation(project, mlflow_store, p
     assert "broken.jpg" in state.message
     assert not (project / "models" / "classifier").exists()
     assert [m.name for m in MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models()] == ["ssl-encoder"]
+
+
+def test_a_folder_with_one_class_is_refused_without_a_traceback(project, mlflow_store, prefect_server, tmp_path):
+    register_stage(make_registrable_project(project, 0.5), load_config(None))
+    one_class = tmp_path / "one_class"
+    shutil.copytree(project / "input" / "labeled" / "train" / "cat", one_class / "cat")
+    state = finetune_flow(config=_config(project, f"finetune.data={one_class}"), root=str(project), return_state=True)
+    assert state.is_failed()
+    assert f"{one_class}: a labeled set needs at least two class folders, found ['cat']" in state.message
+    assert not (project / "models" / "classifier").exists()
 
 
 def _sslpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
