@@ -65,7 +65,7 @@ class PretrainConfig(Section):
     method_params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's own defaults")
     backbone: str = Field("auto", description="backbone name, or auto for the method's preferred one")
     width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 on a GPU")
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(256, ge=2)
     # "auto": the method's recommended value (e.g. AdamW for MAE), else the SGD recipe.
     optimizer: Literal["auto", "sgd", "adamw"] = "auto"
