@@ -15,6 +15,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return path
+
+
 def training_curves(history: Sequence[dict], path: Path) -> Path:
     """Loss, embedding std and effective rank per epoch, side by side."""
     plt = _pyplot()
@@ -25,10 +32,7 @@ def training_curves(history: Sequence[dict], path: Path) -> Path:
         ax.plot(epochs, [row[key] for row in history], marker="o")
         ax.set_title(title)
         ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path) -> Path:
@@ -45,10 +49,7 @@ def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def label_efficiency_plot(rows: Sequence[dict], path: Path) -> Path:
@@ -67,10 +68,7 @@ def label_efficiency_plot(rows: Sequence[dict], path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def embedding_plot(points: Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str], path: Path, title: str) -> Path:
@@ -87,7 +85,4 @@ def embedding_plot(points: Sequence[Sequence[float]], labels: Sequence[int], cla
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
