@@ -9,7 +9,7 @@ Chen, Fan, Girshick, He. "Improved Baselines with Momentum Contrastive Learning"
     q = g(f(x))       query: encoder + MLP projector, trained by backprop
     k = g'(f'(x))     key: a momentum copy, theta' <- m theta' + (1 - m) theta, no grad
     loss = ( InfoNCE(q_a, k_b, queue) + InfoNCE(q_b, k_a, queue) ) / 2,   t = 0.2
-    then the new keys are pushed into the queue (K = 4096), the oldest dropped.
+    then the new keys are pushed into the queue (K = 1024), the oldest dropped.
 
 The queue decouples the number of negatives from the batch size; the momentum
 encoder keeps the keys in the queue consistent with each other although they were
@@ -20,7 +20,8 @@ The queue starts empty and fills up; only filled slots are used as negatives, an
 the very first step, with nothing queued yet, the other keys of the batch are the
 negatives. K larger than the dataset works, but then the queue holds older keys of
 the very image being queried, which act as false negatives; K well below the
-dataset size is better (K = 4096 for 50k CIFAR images).
+dataset size is better. The default K = 1024 is a fifth of the bundled 5,000-image
+sample; raise it with the pool (MoCo's CIFAR runs used 4096 for 50k images).
 
 Shuffling BN: with one device, a batch's keys share BatchNorm statistics that the
 queued keys never had, and the query can find its key by that leak instead of by
@@ -66,7 +67,7 @@ class MoCo(nn.Module):
         projection_dim: int = 128,
         hidden_dim: int = 512,
         temperature: float = 0.2,
-        queue_size: int = 4096,
+        queue_size: int = 1024,
         momentum: float = 0.99,
         cosine_momentum: bool = False,
         bn_groups: int = 2,
