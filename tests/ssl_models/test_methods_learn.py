@@ -1,7 +1,7 @@
 """Every method learns: a short real run on the bundled CIFAR-10 sample lowers its loss
 and lifts kNN or linear-probe accuracy above the same architecture at random init.
 
-Slow (about half a minute per method on 2 cores); CI runs them.
+Slow (about a minute per method on 2 cores, 12 min in all); CI runs them.
 """
 
 import io
@@ -19,8 +19,25 @@ from ssl_models.methods import METHODS, build_method, default_backbone
 from ssl_models.training import TrainSettings, pretrain
 from tests.conftest import SAMPLE
 
-POOL = 2000  # unlabeled images
-EPOCHS = 4
+POOL = 5000  # the whole bundled unlabeled sample
+WIDTH = 8  # ResNet width: 8 trains about twice as fast as the pipeline's 16 on 2 cores
+BATCH_SIZE = 64  # more steps for the same images: the non-contrastive methods need them
+EPOCHS = 3
+# MAE's encoder sees a quarter of the tokens, so an epoch costs about a quarter of the
+# others' (3 epochs: 23 s against 40-70 s); 12 epochs is about the same wall time, and
+# at 3 it had not yet passed random init (kNN 0.233 vs 0.267).
+EPOCHS_FOR = {"mae": 12}
+# MoCo's queue fills during the first epoch and every added negative raises the loss
+# (a harder (K+1)-way choice), so its loss is compared from the second epoch on.
+LOSS_FROM_EPOCH = {"moco": 2}
+# Not shown to beat random init at this budget, so expected to fail (an XPASS in the
+# report means they did). Measured at this budget (random init kNN 0.235, probe 0.271):
+# simsiam kNN 0.231 / probe 0.219, byol 0.243 / 0.223 (kNN above by less than the noise
+# of 1,000 test images). Both keep healthy embedding std, so this is slow learning, not
+# collapse: BYOL at 8 epochs reached 0.248 / 0.281, still within the noise. Their
+# predictor and stop-gradient learn slower than contrastive or variance-regularised
+# methods at a few hundred steps; see docs/methods.md.
+SLOWER_THAN_THIS_BUDGET = {"simsiam", "byol"}
 
 
 def _load(archive, prefix: str = "", limit: int | None = None):
@@ -50,14 +67,23 @@ def _scores(encoder, train_x, train_y, test_x, test_y):
     return knn_accuracy(ftr, train_y, fte, test_y, k=20), linear_probe(ftr, train_y, fte, test_y, weight_decays=(1e-2, 1e-1, 1.0)).accuracy
 
 
-# Measured in the session that wrote this test (2,000 images, 4 epochs, width 16, on a
-# heavily loaded 2-core machine): simclr, rotation and colorization beat random init
-# (simclr kNN 0.326 vs 0.299; rotation probe 0.344 vs 0.331; colorization probe 0.342 vs
-# 0.331). relative_patch (kNN 0.282, probe 0.330), barlow_twins, byol, inpainting and mae
-# failed this test (their loss falls in the method tests; the encoder did not beat random
-# init at this budget); moco, simsiam and vicreg were not measured here for lack of time. Those are expected failures until a measured
-# budget shows otherwise: they still run, and an XPASS in the report says they learned.
-NOT_SHOWN_ABOVE_RANDOM_INIT = {"relative_patch", "barlow_twins", "byol", "moco", "simsiam", "vicreg", "mae", "inpainting"}
+def _new_encoder(name: str) -> Encoder:
+    return Encoder(default_backbone(name), {"width": WIDTH, "image_size": 32}, 32)
+
+
+@pytest.fixture(scope="module")
+def random_init_scores(data):
+    """(kNN, probe) of a random-init encoder per backbone, computed once per backbone."""
+    cache = {}
+
+    def scores(name: str) -> tuple[float, float]:
+        backbone = default_backbone(name)
+        if backbone not in cache:
+            torch.manual_seed(1)  # not the trained encoder's seed: an independent draw
+            cache[backbone] = _scores(_new_encoder(name), *data[1:])
+        return cache[backbone]
+
+    return scores
 
 
 @pytest.mark.slow
@@ -65,21 +91,21 @@ NOT_SHOWN_ABOVE_RANDOM_INIT = {"relative_patch", "barlow_twins", "byol", "moco",
     "name",
     [
         pytest.param(name, marks=pytest.mark.xfail(reason="not shown to beat random init at this budget", strict=False))
-        if name in NOT_SHOWN_ABOVE_RANDOM_INIT
+        if name in SLOWER_THAN_THIS_BUDGET
         else name
         for name in sorted(METHODS)
     ],
 )
-def test_method_lowers_its_loss_and_beats_random_init(name, data):
+def test_method_lowers_its_loss_and_beats_random_init(name, data, random_init_scores):
     pool, train_x, train_y, test_x, test_y = data
+    random_knn, random_probe = random_init_scores(name)
     torch.manual_seed(0)
-    encoder = Encoder(default_backbone(name), {"width": 16, "image_size": 32}, 32)
-    random_knn, random_probe = _scores(Encoder(default_backbone(name), {"width": 16, "image_size": 32}, 32), train_x, train_y, test_x, test_y)
-    method = build_method(name, encoder, ViewPolicy())
+    method = build_method(name, _new_encoder(name), ViewPolicy())
     recommended = getattr(method, "recommended", {})
-    settings = TrainSettings(epochs=EPOCHS, batch_size=128, warmup_epochs=0, **recommended)
+    settings = TrainSettings(epochs=EPOCHS_FOR.get(name, EPOCHS), batch_size=BATCH_SIZE, warmup_epochs=0, **recommended)
     history = pretrain(method, pool, settings, progress=False)
     knn, probe = _scores(method.encoder, train_x, train_y, test_x, test_y)
-    print(f"{name}: loss {history[0].loss:.3f} -> {history[-1].loss:.3f}; kNN {random_knn:.3f} -> {knn:.3f}; probe {random_probe:.3f} -> {probe:.3f}")
-    assert history[-1].loss < history[0].loss
+    first = history[LOSS_FROM_EPOCH.get(name, 1) - 1].loss
+    print(f"{name}: loss {first:.3f} -> {history[-1].loss:.3f}; kNN {random_knn:.3f} -> {knn:.3f}; probe {random_probe:.3f} -> {probe:.3f}")
+    assert history[-1].loss < first
     assert knn > random_knn or probe > random_probe
