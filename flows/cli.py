@@ -111,16 +111,20 @@ def _check_sources(cfg) -> None:
             raise ExpectedError(f"{source}: no such file or folder ({key})")
 
 
+def _result_of(state, what: str):
+    """A finished flow's result; a Failed state (its message names the fault) becomes an ExpectedError."""
+    if state.is_failed():
+        raise ExpectedError(state.message or f"{what} failed; see the log above")
+    return state.result()
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_sources(cfg)
     from flows.pipeline import ssl_pipeline
     from tasks.evaluate import summary_table
 
-    state = ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), return_state=True)
-    if state.is_failed():
-        raise ExpectedError(state.message or "the pipeline failed; see the log above")
-    result = state.result()
+    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), return_state=True), "the pipeline")
     print(f"\n{cfg.pretrain.method} encoder registered as {cfg.register.model_name} version {result['version']} (@{cfg.register.alias})")
     print(f"promotion gate: {result['decision']}")
     print(f"MLflow run {result['run_id']}\n")
@@ -181,10 +185,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ExpectedError(f"{source}: no such file or folder (finetune.data)")
     from flows.finetune import finetune_flow, summary
 
-    state = finetune_flow(config=cfg, root=str(Path(args.root).resolve()), return_state=True)
-    if state.is_failed():
-        raise ExpectedError(state.message or "fine-tuning failed; see the log above")
-    result = state.result()
+    result = _result_of(finetune_flow(config=cfg, root=str(Path(args.root).resolve()), return_state=True), "fine-tuning")
     print(f"\n{summary(result)}")
     print(f"classifier registered as {cfg.finetune.model_name} version {result['version']}; MLflow run {result['run_id']}")
     return 0
