@@ -19,7 +19,8 @@ directions; here they are averaged so the scale matches one direction.
 On a CPU budget BYOL learns slowly: on the bundled sample (width-8 ResNet, batch 64, 3
 epochs of 5,000 images) it stays at the level of a random-init encoder (kNN 0.243 /
 probe 0.223 vs 0.235 / 0.271), and lr 0.12-0.6 per 256, warm-up, tau_base 0.95,
-weight decay 2e-3 or smaller heads did not change that; 8 epochs gave 0.248 / 0.281.
+weight decay 2e-3 or smaller heads did not change that; 8 epochs gave 0.248 / 0.281
+(with both views in one BatchNorm pass, before the per-view passes below).
 It needs longer runs than a CPU test affords (docs/methods.md).
 
 Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).

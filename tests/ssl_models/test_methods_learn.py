@@ -1,7 +1,7 @@
 """Every method learns: a short real run on the bundled CIFAR-10 sample lowers its loss
 and lifts kNN or linear-probe accuracy above the same architecture at random init.
 
-Slow (about a minute per method on 2 cores, 12 min in all); CI runs them.
+Slow (37-71 s per method on 2 cores, about 10 min in all); CI runs them.
 """
 
 import io
@@ -25,7 +25,7 @@ BATCH_SIZE = 64  # more steps for the same images: the non-contrastive methods n
 EPOCHS = 3
 # MAE's encoder sees a quarter of the tokens, so an epoch costs about a quarter of the
 # others' (3 epochs: 23 s against 40-70 s); 12 epochs is about the same wall time, and
-# at 3 it had not yet passed random init (kNN 0.233 vs 0.267).
+# at 3 (batch 128) it had not yet passed random init (kNN 0.233 vs 0.267).
 # MoCo's queue fills during the first epoch and every added negative raises the loss (a
 # harder (K+1)-way choice), so its loss is compared from the second epoch on; and while
 # the keys spread out the loss plateaus for a few epochs (epoch 2 -> 3: 5.638 -> 5.712),
