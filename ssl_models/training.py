@@ -76,10 +76,18 @@ def collapse_warning(stats: EpochStats, dim: int) -> str | None:
 
 
 def _make_optimizer(method: SSLMethod, settings: TrainSettings, lr: float) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters, as is standard for SSL recipes.
-    decay = [p for p in method.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in method.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # A method may scale the learning rate of some of its submodules (``lr_scales``,
+    # e.g. SimSiam's predictor); every group follows the same warm-up and cosine.
+    scale_of = {id(p): scale for name, scale in getattr(method, "lr_scales", {}).items() for p in getattr(method, name).parameters()}
+    groups = []
+    for scale in [1.0, *sorted(set(scale_of.values()) - {1.0})]:  # the unscaled group first: it is the one logged
+        params = [p for p in method.parameters() if p.requires_grad and scale_of.get(id(p), 1.0) == scale]
+        # No weight decay on biases and norm parameters, as is standard for SSL recipes.
+        groups += [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": settings.weight_decay, "lr": lr * scale},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": lr * scale},
+        ]
+    groups = [group for group in groups if group["params"]]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum)
     if settings.optimizer == "adamw":

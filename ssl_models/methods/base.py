@@ -8,6 +8,9 @@ A method is an ``nn.Module`` with:
     after_step(progress)          called after each optimiser step with progress in
                                   [0, 1]: momentum encoders and schedules update here
 
+Optional: ``lr_scales``, a dict from submodule name to a factor on the learning rate
+of that submodule's parameters (SimSiam's faster predictor).
+
 ``embeddings`` (B, D) is what collapse monitoring watches: the projector output for
 joint-embedding methods, the encoder features for the others.
 """
