@@ -32,3 +32,16 @@ def save_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def load_labeled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundled labeled ``train`` or ``test`` split: images (N, 3, 32, 32) uint8, labels (N,)."""
+    arrays, names = [], []
+    with tarfile.open(ROOT / "data" / "sample" / "labeled.tar.gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(f"labeled/{split}/"):
+                arrays.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+                names.append(member.name.split("/")[-2])
+    classes = sorted(set(names))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor([classes.index(name) for name in names])

@@ -23,7 +23,7 @@ images; random init kNN 0.237-0.264 / probe 0.263-0.298 over 5 seeds):
                                near 10, and kNN and probe stayed at random-init level
                                even at 20 epochs (kNN 0.247 / probe 0.281)
     predictor at 10x the lr    kNN 0.288-0.335, probe 0.312-0.349 (4 seeds); rank
-                               33-35 in epoch 2 (base lr: 7-16), 41-45 at the end
+                               24-35 in epoch 2 (base lr: 7-16), 41-45 at the end
     predictor at 3x the lr     kNN 0.300-0.335, probe 0.323-0.364 (4 seeds)
 At 40 epochs the base-lr predictor catches up (kNN 0.372 / probe 0.406). A constant
 predictor lr, the output BN's affine part off (both as the paper's code), a lower lr
