@@ -54,14 +54,13 @@ class BYOL(nn.Module):
         views: ViewPolicy,
         projection_dim: int = 128,
         hidden_dim: int = 512,
-        predictor_hidden_dim: int = 512,
         tau_base: float = 0.99,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.views = views
         self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim)
-        self.predictor = PredictionHead(projection_dim, predictor_hidden_dim, projection_dim)
+        self.predictor = PredictionHead(projection_dim, hidden_dim, projection_dim)
         # The target starts as an exact copy and is never touched by the optimiser.
         self.target_encoder = copy.deepcopy(encoder)
         self.target_projector = copy.deepcopy(self.projector)
