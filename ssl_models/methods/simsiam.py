@@ -15,9 +15,9 @@ The predictor learns 10x faster than the rest (``predictor_lr_scale``). The pape
 already treats the predictor apart (a constant lr, not the cosine); Tian, Chen and
 Ganguli (ICML 2021, arXiv:2102.06810) show why it matters: the predictor's lr relative
 to the encoder's sets how easily training falls into collapse and whether the predictor
-aligns with the features' correlations. Measured on
-the bundled sample (width-8 ResNet, batch 64, lr 0.3 per 256, 10 epochs of 5,000
-images; random init kNN 0.237-0.264 / probe 0.263-0.298 over 5 seeds):
+aligns with the features' correlations. Measured on the bundled sample (width-8 ResNet,
+batch 64, lr 0.3 per 256, 10 epochs of 5,000 images; random init kNN 0.237-0.264 /
+probe 0.263-0.298 over 5 seeds; benchmarks/results/simsiam_seeds.jsonl):
     predictor at the base lr   kNN 0.260-0.306, probe 0.268-0.348 (5 seeds); on some
                                seeds the effective rank fell to 7 in epoch 2 and stayed
                                near 10, and kNN and probe stayed at random-init level
