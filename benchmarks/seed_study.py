@@ -51,15 +51,17 @@ def run_all(configs: list[dict], out_path: Path, width: int, device: str) -> Non
         tag, name, seed = config.pop("tag"), config.pop("method"), config.pop("seed", 0)
         method_params, eval_at = config.pop("method_params", {}), set(config.pop("eval_at", []))
         torch.manual_seed(seed)
-        encoder = Encoder(default_backbone("simclr" if name == "random" else name), {"width": width, "image_size": 32}, 32)
+        backbone = "resnet18_cifar" if name == "random" else default_backbone(name)
+        encoder = Encoder(backbone, {"width": width, "image_size": 32}, 32)
         record: dict = {"tag": tag, "method": name, "seed": seed, "width": width, "device": device}
         if name != "random":
             method = build_method(name, encoder, ViewPolicy(), **method_params)
             settings = TrainSettings(**{"batch_size": 64, "warmup_epochs": 0, **getattr(method, "recommended", {}), **config, "seed": seed})
             curve: list[dict] = []
 
-            def on_epoch_end(stats: EpochStats, method=method, curve=curve) -> None:
-                point = {"epoch": stats.epoch, "loss": round(stats.loss, 4), "std": round(stats.embedding_std, 4), "rank": round(stats.effective_rank, 1)}
+            def on_epoch_end(stats: EpochStats, method=method, curve=curve, eval_at=eval_at) -> None:
+                point = {"epoch": stats.epoch, "loss": round(stats.loss, 4)}
+                point |= {"std": round(stats.embedding_std, 4), "rank": round(stats.effective_rank, 1)}
                 if stats.epoch in eval_at:
                     point["knn"] = round(scores(method.encoder, probe=False)[0], 3)
                     method.train()
@@ -67,7 +69,8 @@ def run_all(configs: list[dict], out_path: Path, width: int, device: str) -> Non
 
             started = time.perf_counter()
             pretrain(method, pool, settings, device=device, on_epoch_end=on_epoch_end, progress=False)
-            record |= {"params": method_params, "settings": settings.__dict__, "seconds": round(time.perf_counter() - started), "curve": curve}
+            seconds = round(time.perf_counter() - started)
+            record |= {"params": method_params, "settings": settings.__dict__, "seconds": seconds, "curve": curve}
         record["knn"], record["probe"] = scores(encoder)
         print(json.dumps({k: record[k] for k in ("tag", "knn", "probe")}), flush=True)
         with out_path.open("a") as out:  # one short line per append: safe across workers

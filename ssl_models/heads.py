@@ -33,7 +33,8 @@ class ProjectionHead(nn.Sequential):
             dim = hidden_dim
         layers.append(nn.Linear(dim, output_dim, bias=not last_batch_norm))
         if last_batch_norm:
-            # SimSiam and Barlow Twins end the projector with BN (affine off in SimSiam).
+            # SimSiam ends its projector with BN. (Its paper's code turns BN's affine part
+            # off; with it on, as here, 10-epoch runs did as well: simsiam.py.)
             layers.append(nn.BatchNorm1d(output_dim))
         super().__init__(*layers)
 

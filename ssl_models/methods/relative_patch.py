@@ -40,10 +40,10 @@ at this resolution and needs the denser signal.
 At these budgets the features it learns transfer only a little to whole images: every
 run above reached at least the best kNN of 5 random-init encoders (0.237-0.264; probe
 0.263-0.298), a lift of about 0.03, and training longer makes it worse while the
-pretext loss keeps falling (6 epochs: loss 2.06 -> 1.57, kNN 0.215 / probe 0.264). The pretext
-is learned on 7-px patches shown at 16 px; the probe sees whole 32-px images, and
-recalibrating BatchNorm on whole images after training did not help (kNN 0.202 /
-probe 0.256 vs 0.216 / 0.267 without).
+pretext loss keeps falling (6 epochs: loss 2.06 -> 1.57, kNN 0.215 / probe 0.264).
+The pretext is learned on 7-px patches shown at 16 px; the probe sees whole 32-px
+images, and recalibrating BatchNorm on whole images after training did not help
+(kNN 0.202 / probe 0.256 vs 0.216 / 0.267 without).
 
 Backbones: ``resnet18_cifar`` (any CNN with adaptive pooling; the ViT's position
 embedding is fixed to 32x32 inputs).
