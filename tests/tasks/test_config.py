@@ -44,3 +44,22 @@ def test_bad_yaml_names_the_file(tmp_path):
 def test_label_efficiency_curve_always_ends_at_all_labels():
     # 100% is where the supervised from-scratch reference comes from.
     assert load_config(None, ["evaluate.label_fractions=[0.1, 0.01]"]).evaluate.label_fractions == [0.01, 0.1, 1.0]
+
+
+@pytest.mark.parametrize("override", ["pretrain.method_params={a: [1", "data.unlabeled=*alias", "pretrain.lr=: x"])
+def test_yaml_error_in_an_override_is_a_config_error(override):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(None, [override])
+
+
+def test_missing_params_file_given_explicitly_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such parameter file"):
+        load_config(tmp_path / "nope.yaml", missing_ok=False)
+    assert load_config(tmp_path / "nope.yaml") == PipelineConfig()  # the default file missing: defaults
+
+
+def test_params_file_that_is_not_a_mapping(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(params)
