@@ -6,8 +6,10 @@ Imports stay inside the commands so that ``sslpipe --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,14 +28,19 @@ class ExpectedError(Exception):
 
 
 def _project(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml in the project root)")
+    parser.add_argument("--params", help="parameter file (default: params.yaml in the project root; defaults for every key if that is missing)")
     parser.add_argument("--root", default=".", help="project root holding data/, reports/, models/ (default: .)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true", help="if another run holds the project root, exit 2 at once (default: wait for it)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     _project(parser)
+    _lock_option(parser)
     parser.add_argument("--data", metavar="DIR", help="unlabeled images: a folder, a tar archive, or torchvision:NAME (sets data.unlabeled)")
     parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class (sets data.labeled)")
 
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at finetune.compare_fraction of the labels, log an MLflow run (experiment ssl-finetune) and register a version of ssl-classifier.",
     )
     _project(finetune)
+    _lock_option(finetune)
     finetune.add_argument("--data", dest="finetune_data", metavar="DIR", help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive (sets finetune.data)")
     promote = commands.add_parser(
         "promote",
@@ -94,11 +102,12 @@ def _config(args: argparse.Namespace):
         overrides.append(f"data.labeled={args.eval_data}")
     if getattr(args, "finetune_data", None):
         overrides.append(f"finetune.data={args.finetune_data}")
-    params = Path(args.params)
+    # The default params.yaml may be missing (then: defaults); a file the user named may not.
+    params = Path(args.params or "params.yaml")
     if not params.is_absolute():
         params = Path(args.root) / params
     try:
-        return load_config(params, overrides)
+        return load_config(params, overrides, missing_ok=args.params is None)
     except ConfigError as err:
         raise ExpectedError(str(err)) from None
 
@@ -219,6 +228,71 @@ def run_registry_command(args: argparse.Namespace) -> int:
 COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command}
 
 
+# Commands that work in the project root: one at a time per root (tasks/root_lock.py).
+LOCKED = {"run", "finetune", *STAGES}
+# Commands that run a Prefect flow: they need a Prefect API (a temporary server if none is set).
+FLOWS = {"run", "finetune"}
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so that Prefect reports the flow run
+    crashed and MLflow ends its run, as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_first_signal: int | None = None
+
+
+def _on_signal(signum: int, frame) -> None:
+    """The first SIGINT/SIGTERM stops the run; later ones (a second Ctrl-C, Prefect passing
+    SIGTERM on) must not interrupt the clean-up."""
+    global _first_signal
+    if _first_signal is not None:
+        return
+    _first_signal = signum
+    logging.disable(logging.CRITICAL)  # no crash reports or tracebacks from the libraries: one line is printed
+    raise Interrupted(signum)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    # Prefect turns SIGTERM into its own TerminationSignal while a flow runs.
+    return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "TerminationSignal"
+
+
+def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Under the root's lock: clean what a killed run left, check the servers, and for a
+    flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
+    from flows import preflight
+    from flows.prefect_server import temporary_server
+    from tasks.atomic import clean_staging
+    from tasks.root_lock import hold_root
+    from tasks.tracking import end_dead_runs, tracking_uri
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise ExpectedError(f"{root}: no such project folder (--root)")
+    stack.enter_context(hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True)))
+    clean_staging(root)
+    preflight.check_mlflow(tracking_uri(root))  # a sqlite store is created or migrated here, under the lock
+    ended = end_dead_runs(root)
+    if ended:
+        print(f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}", file=sys.stderr)
+    if args.command in FLOWS:
+        if os.environ.get("PREFECT_API_URL"):
+            preflight.check_prefect(os.environ["PREFECT_API_URL"])
+        else:
+            stack.enter_context(temporary_server(root))
+
+
+def _interrupted_line(command: str, signum: int, ended: list[str]) -> str:
+    runs = f"; MLflow run {', '.join(ended)} marked KILLED" if ended else ""
+    return f"sslpipe {command}: interrupted by {signal.Signals(signum).name}{runs}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -227,16 +301,51 @@ def main(argv: list[str] | None = None) -> int:
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from flows import preflight
+    from flows.prefect_server import ServerStartError
+    from tasks.root_lock import RootBusy
     from tasks.sources import SourceError
 
+    preflight.bound_client_retries()  # before any MLflow or Prefect client exists
+    global _first_signal
+    _first_signal = None
+    previous = {sig: signal.signal(sig, _on_signal) for sig in EXIT_CODES}
     try:
-        return COMMANDS.get(args.command, run_stage)(args)
-    except (ExpectedError, SourceError, FileNotFoundError) as err:
+        with contextlib.ExitStack() as stack:
+            try:
+                if args.command in LOCKED:
+                    _prepare_root(args, stack)
+                return COMMANDS.get(args.command, run_stage)(args)
+            except BaseException as err:
+                if _is_interrupt(err) and "mlflow" in sys.modules:
+                    from tasks.tracking import end_interrupted_runs
+
+                    # Still under the lock and with the Prefect server up (Prefect has already
+                    # reported the flow run crashed while the exception passed through it).
+                    try:
+                        args.ended_runs = end_interrupted_runs("KILLED")
+                    except Exception:  # noqa: BLE001 - a store that is gone too must not hide the interrupt
+                        args.ended_runs = []
+                raise
+    except (ExpectedError, SourceError, FileNotFoundError, RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
         print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Exception as err:
+        message = preflight.infrastructure_message(err)
+        if message is None:
+            raise
+        print(f"sslpipe {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except BaseException as err:
+        if not _is_interrupt(err):
+            raise
+        signum = _first_signal or signal.SIGINT
+        print(_interrupted_line(args.command, signum, getattr(args, "ended_runs", [])), file=sys.stderr, flush=True)
+        return EXIT_CODES[signum]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logging.disable(logging.NOTSET)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ One MLflow run per pretraining. The pretrain stage opens it and writes its id to
 ``reports/mlflow_run.json``; evaluate and register resume it. The same holds whether
 the stages run inside one Prefect flow or as separate ``dvc repro`` processes, and a
 rerun of pretraining (new model) always gets a new run.
+
+Runs are tagged with their owner (:func:`owner_tags`: host, pid, root) and the runs this
+process opened or resumed are remembered, so that an interrupt can end them KILLED
+(:func:`end_interrupted_runs`) and the next start can end those of a process that is gone
+(:func:`end_dead_runs`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -61,4 +68,112 @@ def resumed_run(root: Path, run_file: Path, experiment: str) -> Iterator:
 
     use_store(root, experiment)
     with mlflow.start_run(run_id=load_run_id(run_file)) as run:
+        mlflow.set_tags(owner_tags(root))  # this process owns it now (see end_dead_runs)
+        remember_open_run(run.info.run_id)
         yield run
+    forget_open_run(run.info.run_id)
+
+
+# Owner tags: which process on which host opened a run for which root.
+TAG_HOST, TAG_PID, TAG_ROOT, TAG_STARTED = "sslpipe.host", "sslpipe.pid", "sslpipe.root", "sslpipe.pid_started"
+
+# run id -> tracking URI of the runs this process has open (see tracked_run).
+_open_runs: dict[str, str] = {}
+
+
+def _process_started(pid: int) -> float | None:
+    """A process's start time (to tell a live pid from a reused one); None if it is gone."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def owner_tags(root: Path) -> dict[str, str]:
+    """Tags to put on every run this process opens for ``root``; :func:`end_dead_runs` reads them."""
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(os.getpid()),
+        TAG_ROOT: str(Path(root).resolve()),
+        TAG_STARTED: f"{_process_started(os.getpid()) or time.time():.2f}",
+    }
+
+
+def remember_open_run(run_id: str, uri: str | None = None) -> None:
+    """Note a run as open in this process: an interrupt ends it KILLED."""
+    import mlflow
+
+    _open_runs[run_id] = uri or mlflow.get_tracking_uri()
+
+
+def forget_open_run(run_id: str) -> None:
+    _open_runs.pop(run_id, None)
+
+
+@contextlib.contextmanager
+def tracked_run(root: Path, run_id: str | None = None, tags: dict[str, str] | None = None, **start_run_kwargs) -> Iterator:
+    """``mlflow.start_run`` (new run or ``run_id`` resumed) with the owner tags, remembered while open.
+
+    On an exception MLflow ends it FAILED; it stays remembered, so that if the exception was an
+    interrupt, :func:`end_interrupted_runs` turns that into KILLED.
+    """
+    import mlflow
+
+    all_tags = {**owner_tags(root), **(tags or {})}
+    with mlflow.start_run(run_id=run_id, tags=all_tags, **start_run_kwargs) as run:
+        remember_open_run(run.info.run_id)
+        yield run
+    forget_open_run(run.info.run_id)
+
+
+def end_interrupted_runs(status: str = "KILLED") -> list[str]:
+    """End every run this process still has open (or left failed by an interrupt) as ``status``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    active = mlflow.active_run()  # also a run opened with plain mlflow.start_run
+    if active is not None:
+        _open_runs.setdefault(active.info.run_id, mlflow.get_tracking_uri())
+        mlflow.end_run(status)
+    else:
+        # A plain `with mlflow.start_run()` the interrupt went through has just ended it FAILED.
+        last = mlflow.last_active_run()
+        if last is not None and last.info.status in ("RUNNING", "FAILED"):
+            _open_runs.setdefault(last.info.run_id, mlflow.get_tracking_uri())
+    ended = []
+    for run_id, uri in list(_open_runs.items()):
+        MlflowClient(uri).set_terminated(run_id, status=status)
+        forget_open_run(run_id)
+        ended.append(run_id)
+    return ended
+
+
+def end_dead_runs(root: Path) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``root`` opened on this host by a process that is gone.
+
+    Call it holding the root's lock (then no other live run of this root can exist, but the
+    pid check keeps it safe either way). Returns the ids of the runs it ended.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    root = Path(root).resolve()
+    client = MlflowClient(tracking_uri(root))
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    host = socket.gethostname().replace("'", "")
+    where = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'"
+    ended = []
+    for run in client.search_runs(experiments, filter_string=where, run_view_type=ViewType.ALL, max_results=1000):
+        pid = int(run.data.tags.get(TAG_PID, "0") or 0)
+        started = _process_started(pid) if pid > 0 else None
+        recorded = float(run.data.tags.get(TAG_STARTED, "0") or 0)
+        # A live pid with another start time is a reused pid: its run's owner is gone too.
+        owner_alive = started is not None and (not recorded or abs(started - recorded) < 2)
+        if not owner_alive:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
