@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -232,30 +231,6 @@ COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "prom
 LOCKED = {"run", "finetune", *STAGES}
 # Commands that run a Prefect flow: they need a Prefect API (a temporary server if none is set).
 FLOWS = {"run", "finetune"}
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so that Prefect reports the flow run
-    crashed and MLflow ends its run, as for Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_first_signal: int | None = None
-
-
-def _on_signal(signum: int, frame) -> None:
-    """The first SIGINT/SIGTERM stops the run; later ones (a second Ctrl-C, Prefect passing
-    SIGTERM on) must not interrupt the clean-up."""
-    global _first_signal
-    if _first_signal is not None:
-        return
-    _first_signal = signum
-    logging.disable(logging.CRITICAL)  # no crash reports or tracebacks from the libraries: one line is printed
-    raise Interrupted(signum)
 
 
 def _is_interrupt(err: BaseException) -> bool:
@@ -263,34 +238,45 @@ def _is_interrupt(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "TerminationSignal"
 
 
-def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) -> None:
     """Under the root's lock: clean what a killed run left, check the servers, and for a
     flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
     from flows import preflight
     from flows.prefect_server import temporary_server
     from tasks.atomic import clean_staging
     from tasks.root_lock import hold_root
-    from tasks.tracking import end_dead_runs, tracking_uri
+    from tasks.tracking import end_dead_runs, tag_new_runs, tracking_uri
 
     root = Path(args.root).resolve()
     if not root.is_dir():
         raise ExpectedError(f"{root}: no such project folder (--root)")
     stack.enter_context(hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True)))
+    guard.root = root
     clean_staging(root)
     preflight.check_mlflow(tracking_uri(root))  # a sqlite store is created or migrated here, under the lock
     ended = end_dead_runs(root)
+    tag_new_runs(root)  # host, pid, root on every MLflow run this process opens: the next start can tell if it died
     if ended:
         print(f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}", file=sys.stderr)
     if args.command in FLOWS:
         if os.environ.get("PREFECT_API_URL"):
             preflight.check_prefect(os.environ["PREFECT_API_URL"])
         else:
-            stack.enter_context(temporary_server(root))
+            guard.temporary_api = stack.enter_context(temporary_server(root))
+            stack.callback(_drain_prefect_clients)  # runs first: while the server is still up
 
 
-def _interrupted_line(command: str, signum: int, ended: list[str]) -> str:
-    runs = f"; MLflow run {', '.join(ended)} marked KILLED" if ended else ""
-    return f"sslpipe {command}: interrupted by {signal.Signals(signum).name}{runs}"
+def _drain_prefect_clients() -> None:
+    """Send Prefect's queued logs and events now, while the temporary server is still up;
+    at interpreter exit it would be gone and the client would retry for many seconds."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=5, at_exit=False)
+    except Exception:  # noqa: BLE001 - an internal API: without it the exit is only slower
+        logging.getLogger(__name__).debug("could not drain Prefect's clients", exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,30 +288,30 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from flows import preflight
+    from flows.interrupts import run_guarded
+
+    preflight.bound_client_retries()  # before any MLflow or Prefect client exists
+    return run_guarded(args.command, lambda guard: _main(args, guard))
+
+
+def _main(args: argparse.Namespace, guard) -> int:
+    from flows import preflight
     from flows.prefect_server import ServerStartError
     from tasks.root_lock import RootBusy
     from tasks.sources import SourceError
 
-    preflight.bound_client_retries()  # before any MLflow or Prefect client exists
-    global _first_signal
-    _first_signal = None
-    previous = {sig: signal.signal(sig, _on_signal) for sig in EXIT_CODES}
     try:
         with contextlib.ExitStack() as stack:
             try:
                 if args.command in LOCKED:
-                    _prepare_root(args, stack)
+                    _prepare_root(args, stack, guard)
                 return COMMANDS.get(args.command, run_stage)(args)
             except BaseException as err:
-                if _is_interrupt(err) and "mlflow" in sys.modules:
-                    from tasks.tracking import end_interrupted_runs
-
+                if _is_interrupt(err):
+                    guard.cleaning_up()
                     # Still under the lock and with the Prefect server up (Prefect has already
                     # reported the flow run crashed while the exception passed through it).
-                    try:
-                        args.ended_runs = end_interrupted_runs("KILLED")
-                    except Exception:  # noqa: BLE001 - a store that is gone too must not hide the interrupt
-                        args.ended_runs = []
+                    args.ended_runs = _end_interrupted_runs()
                 raise
     except (ExpectedError, SourceError, FileNotFoundError, RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
         print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
@@ -339,13 +325,23 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as err:
         if not _is_interrupt(err):
             raise
-        signum = _first_signal or signal.SIGINT
-        print(_interrupted_line(args.command, signum, getattr(args, "ended_runs", [])), file=sys.stderr, flush=True)
-        return EXIT_CODES[signum]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        logging.disable(logging.NOTSET)
+        print(guard.line(getattr(args, "ended_runs", [])), file=sys.stderr, flush=True)
+        guard.done()
+        # Everything is cleaned up; what is left at interpreter exit is Prefect's clients
+        # shutting down against a server that is gone (seconds of retries). Skip it.
+        sys.stdout.flush()
+        os._exit(guard.exit_code())
+
+
+def _end_interrupted_runs() -> list[str]:
+    if "mlflow" not in sys.modules:
+        return []
+    from tasks.tracking import end_interrupted_runs
+
+    try:
+        return end_interrupted_runs("KILLED")
+    except Exception:  # noqa: BLE001 - a store that is gone too must not hide the interrupt
+        return []
 
 
 if __name__ == "__main__":

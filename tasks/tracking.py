@@ -101,6 +101,13 @@ def owner_tags(root: Path) -> dict[str, str]:
     }
 
 
+def tag_new_runs(root: Path) -> None:
+    """Put :func:`owner_tags` on every run this process starts from now on (also a plain
+    ``mlflow.start_run``), through MLflow's ``MLFLOW_RUN_CONTEXT`` tags."""
+    extra = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+    os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**extra, **owner_tags(root)})
+
+
 def remember_open_run(run_id: str, uri: str | None = None) -> None:
     """Note a run as open in this process: an interrupt ends it KILLED."""
     import mlflow
@@ -150,6 +157,35 @@ def end_interrupted_runs(status: str = "KILLED") -> list[str]:
     return ended
 
 
+def _runs_of_root(client, root: Path, extra: str = "") -> list:
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    host = socket.gethostname().replace("'", "")
+    where = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'{extra}"
+    return client.search_runs(experiments, filter_string=where, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def end_runs_of_this_process(root: Path, status: str = "KILLED") -> list[str]:
+    """End this process's RUNNING runs of ``root`` (found by their owner tags) and the ones it
+    remembers as open; for a clean-up from another thread than the one that opened them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(Path(root)))
+    ended = []
+    for run in _runs_of_root(client, Path(root).resolve(), f" and tags.`{TAG_PID}` = '{os.getpid()}'"):
+        client.set_terminated(run.info.run_id, status=status)
+        ended.append(run.info.run_id)
+    for run_id, uri in list(_open_runs.items()):
+        if run_id not in ended:
+            MlflowClient(uri).set_terminated(run_id, status=status)
+            ended.append(run_id)
+        forget_open_run(run_id)
+    return ended
+
+
 def end_dead_runs(root: Path) -> list[str]:
     """Mark KILLED the RUNNING runs of ``root`` opened on this host by a process that is gone.
 
@@ -157,17 +193,11 @@ def end_dead_runs(root: Path) -> list[str]:
     pid check keeps it safe either way). Returns the ids of the runs it ended.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import ViewType
 
     root = Path(root).resolve()
     client = MlflowClient(tracking_uri(root))
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiments:
-        return []
-    host = socket.gethostname().replace("'", "")
-    where = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'"
     ended = []
-    for run in client.search_runs(experiments, filter_string=where, run_view_type=ViewType.ALL, max_results=1000):
+    for run in _runs_of_root(client, root):
         pid = int(run.data.tags.get(TAG_PID, "0") or 0)
         started = _process_started(pid) if pid > 0 else None
         recorded = float(run.data.tags.get(TAG_STARTED, "0") or 0)

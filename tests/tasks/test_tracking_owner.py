@@ -70,3 +70,15 @@ def test_a_plain_mlflow_run_an_interrupt_went_through_ends_killed(tmp_path, mlfl
             raise KeyboardInterrupt
     assert end_interrupted_runs() == [run.info.run_id]
     assert MlflowClient(mlflow_store).get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_tag_new_runs_tags_a_plain_mlflow_run(tmp_path, mlflow_store, monkeypatch):
+    from tasks.tracking import tag_new_runs
+
+    monkeypatch.delenv("MLFLOW_RUN_CONTEXT", raising=False)
+    tag_new_runs(tmp_path)
+    use_store(tmp_path, "ssl-pipeline")
+    with mlflow.start_run() as run:
+        pass
+    tags = MlflowClient(mlflow_store).get_run(run.info.run_id).data.tags
+    assert tags[TAG_PID] == str(os.getpid()) and tags["sslpipe.root"] == str(tmp_path.resolve())
