@@ -282,7 +282,7 @@ def _drain_prefect_clients() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3"):
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
