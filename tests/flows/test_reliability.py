@@ -24,8 +24,8 @@ CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 def cli_env(**extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary server unless a test sets one
-    # One thread per process: the test machine is shared, and it keeps the runs' timing steady.
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+    # No OMP_NUM_THREADS=1 here: with it, pretraining crashes in backward() (double free), also before this suite.
+    env.update(PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
     env.update(extra)
     return env
 
