@@ -101,7 +101,8 @@ def write_labeled(
             files = [(path, classes.index(name)) for name, paths in by_class.items() for path in paths]
             if not files:
                 raise SourceError(f"{source}: the {split} split has no images")
-            np.save(out_dir / f"{split}_images.npy", np.stack([load_rgb(path, image_size) for path, _ in files]))
+            images = [_decode_validated(root, path.relative_to(root).as_posix(), image_size) for path, _ in files]
+            np.save(out_dir / f"{split}_images.npy", np.stack(images))
             np.save(out_dir / f"{split}_labels.npy", np.array([label for _, label in files], dtype=np.int64))
             counts[split] = len(files)
     (out_dir / "classes.json").write_text(json.dumps(classes))
