@@ -8,6 +8,8 @@ a rename within one file system is atomic. Staging names start with ``.staging-`
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -46,6 +48,15 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 def write_json(path: Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """A CSV with a header from the first row's keys (history.csv, label_efficiency.csv)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, out.getvalue())
 
 
 @contextlib.contextmanager

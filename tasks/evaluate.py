@@ -15,29 +15,19 @@ labels is the supervised reference. And a t-SNE picture of the SSL test embeddin
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 
 from ssl_models.encoder import Encoder, load_encoder
 from ssl_models.evaluation import extract_features, project_2d
-from tasks.atomic import write_json, write_text
+from tasks.atomic import write_json, write_rows
 from tasks.config import EvaluateConfig
 from tasks.context import StageContext
 from tasks.plots import accuracy_bars, embedding_plot, label_efficiency_plot
 from tasks.prepared import load_classes, load_labeled
 from tasks.results import Evaluation, Prepared, Pretrained
 from tasks.scoring import ENCODERS, evaluate_encoders, label_efficiency, percent
-
-
-def _rows_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def embedding_picture(encoder: Encoder, labeled: dict[str, torch.Tensor], classes: list[str], cfg: EvaluateConfig, device: torch.device, path: Path, seed: int = 0) -> Path:
@@ -67,7 +57,7 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
 
     reports = layout.reports
     out = write_json(layout.metrics, metrics)
-    curve_csv = write_text(reports / "label_efficiency.csv", _rows_csv(rows))
+    curve_csv = write_rows(reports / "label_efficiency.csv", rows)
     plots = [
         accuracy_bars({name: metrics[name] for name in ENCODERS}, reports / "evaluation.png"),
         label_efficiency_plot(rows, reports / "label_efficiency.png"),

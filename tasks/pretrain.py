@@ -6,8 +6,6 @@ epoch and the encoder (weights.pt + config.json, with the run id in its config) 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 
 import torch
@@ -15,7 +13,7 @@ import torch
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.methods import build_method
 from ssl_models.training import EpochStats, pretrain as train
-from tasks.atomic import staged_dir, write_text
+from tasks.atomic import staged_dir, write_rows
 from tasks.context import StageContext
 from tasks.lineage import git_commit
 from tasks.plots import training_curves
@@ -23,14 +21,6 @@ from tasks.prepared import load_unlabeled
 from tasks.results import Prepared, Pretrained, Preview, file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def _history_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrained:
@@ -52,7 +42,7 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
 
     history = train(method, images, p.settings(), torch.device(p.device), on_epoch_end, layout.checkpoint, ctx.progress)
     rows = [{"epoch": s.epoch, **s.as_metrics()} for s in history]
-    write_text(layout.pretrain_reports / "history.csv", _history_csv(rows))
+    write_rows(layout.pretrain_reports / "history.csv", rows)
     tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png"), "plots")
     with staged_dir(layout.encoder) as staging:
         save_encoder(method.encoder, staging, extra={"method": p.method, "data_version": prepared.data_version, "run_id": tracker.run_id})

@@ -34,7 +34,7 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency"}
+    assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency", "encoder"}
     for scores in (metrics[name] for name in ("ssl", "random_init", "raw_pixels")):
         assert 0 <= scores["linear_probe_acc"] <= 1 and 0 <= scores["knn_acc"] <= 1
 
