@@ -6,6 +6,7 @@ Imports stay inside the commands so that ``sslpipe --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -19,14 +20,19 @@ class ExpectedError(Exception):
 
 
 def _project(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", help="parameter file (default: params.yaml in the project root)")
+    parser.add_argument("--params", help="parameter file (default: params.yaml in the project root; defaults for every key if that is missing)")
     parser.add_argument("--root", default=".", help="project root holding data/, reports/, models/ (default: .)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true", help="if another run holds the project root, exit 2 at once (default: wait for it)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     _project(parser)
+    _lock_option(parser)
     parser.add_argument("--data", metavar="DIR", help="unlabeled images: a folder, a tar archive, or torchvision:NAME (sets data.unlabeled)")
     parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class (sets data.labeled)")
 
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at finetune.compare_fraction of the labels, log an MLflow run (experiment ssl-finetune) and register a version of ssl-classifier.",
     )
     _project(finetune)
+    _lock_option(finetune)
     finetune.add_argument("--data", dest="finetune_data", metavar="DIR", help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive (sets finetune.data)")
     promote = commands.add_parser(
         "promote",
@@ -100,10 +107,12 @@ def _config(args: argparse.Namespace):
         overrides.append(f"data.labeled={args.eval_data}")
     if getattr(args, "finetune_data", None):
         overrides.append(f"finetune.data={args.finetune_data}")
-    # A file named on the command line must exist; the root's params.yaml may be absent (defaults).
-    params = Path(args.params) if args.params else Path(args.root) / "params.yaml"
+    # The default params.yaml may be missing (then: defaults); a file the user named may not.
+    params = Path(args.params or "params.yaml")
+    if not params.is_absolute():
+        params = Path(args.root) / params
     try:
-        return load_config(params, overrides, required=bool(args.params))
+        return load_config(params, overrides, missing_ok=args.params is None)
     except ConfigError as err:
         raise ExpectedError(str(err)) from None
 
@@ -256,22 +265,121 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# Commands that work in the project root: one at a time per root (tasks/root_lock.py).
+LOCKED = {"run", "finetune", *(stage.name for stage in PIPELINE)}
+# Commands that run a Prefect flow: they need a Prefect API (a temporary server if none is set).
+FLOWS = {"run", "finetune"}
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    # Prefect turns SIGTERM into its own TerminationSignal while a flow runs.
+    return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "TerminationSignal"
+
+
+def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) -> None:
+    """Under the root's lock: clean what a killed run left, check the servers, and for a
+    flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
+    from flows import preflight
+    from flows.prefect_server import temporary_server
+    from tasks.atomic import clean_staging
+    from tasks.root_lock import hold_root
+    from tasks.tracking import end_dead_runs, tag_new_runs, tracking_uri
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise ExpectedError(f"{root}: no such project folder (--root)")
+    stack.enter_context(hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True)))
+    guard.root = root
+    clean_staging(root)
+    preflight.check_mlflow(tracking_uri(root))  # a sqlite store is created or migrated here, under the lock
+    ended = end_dead_runs(root)
+    tag_new_runs(root)  # host, pid, root on every MLflow run this process opens: the next start can tell if it died
+    if ended:
+        print(f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}", file=sys.stderr)
+    if args.command in FLOWS:
+        if os.environ.get("PREFECT_API_URL"):
+            preflight.check_prefect(os.environ["PREFECT_API_URL"])
+        else:
+            guard.temporary_api = stack.enter_context(temporary_server(root))
+            stack.callback(_drain_prefect_clients)  # runs first: while the server is still up
+
+
+def _drain_prefect_clients() -> None:
+    """Send Prefect's queued logs and events now, while the temporary server is still up;
+    at interpreter exit it would be gone and the client would retry for many seconds."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=5, at_exit=False)
+    except Exception:  # noqa: BLE001 - an internal API: without it the exit is only slower
+        logging.getLogger(__name__).debug("could not drain Prefect's clients", exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3"):
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from flows import preflight
+    from flows.interrupts import run_guarded
+
+    preflight.bound_client_retries()  # before any MLflow or Prefect client exists
+    return run_guarded(args.command, lambda guard: _main(args, guard))
+
+
+def _main(args: argparse.Namespace, guard) -> int:
+    from flows import preflight
+    from flows.prefect_server import ServerStartError
+    from tasks.root_lock import RootBusy
+    from tasks.sources import SourceError
+
     try:
-        return COMMANDS.get(args.command, run_stage)(args)
-    except _expected_errors() as err:
+        with contextlib.ExitStack() as stack:
+            try:
+                if args.command in LOCKED:
+                    _prepare_root(args, stack, guard)
+                return COMMANDS.get(args.command, run_stage)(args)
+            except BaseException as err:
+                if _is_interrupt(err):
+                    guard.cleaning_up()
+                    # Still under the lock and with the Prefect server up (Prefect has already
+                    # reported the flow run crashed while the exception passed through it).
+                    args.ended_runs = _end_interrupted_runs()
+                raise
+    except (*_expected_errors(), RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
         print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Exception as err:
+        message = preflight.infrastructure_message(err)
+        if message is None:
+            raise
+        print(f"sslpipe {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except BaseException as err:
+        if not _is_interrupt(err):
+            raise
+        print(guard.line(getattr(args, "ended_runs", [])), file=sys.stderr, flush=True)
+        guard.done()
+        # Everything is cleaned up; what is left at interpreter exit is Prefect's clients
+        # shutting down against a server that is gone (seconds of retries). Skip it.
+        sys.stdout.flush()
+        os._exit(guard.exit_code())
+
+
+def _end_interrupted_runs() -> list[str]:
+    if "mlflow" not in sys.modules:
+        return []
+    from tasks.tracking import end_interrupted_runs
+
+    try:
+        return end_interrupted_runs("KILLED")
+    except Exception:  # noqa: BLE001 - a store that is gone too must not hide the interrupt
+        return []
 
 
 if __name__ == "__main__":

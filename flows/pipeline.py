@@ -24,6 +24,7 @@ from tasks.config import PipelineConfig, load_config
 from tasks.context import StageContext
 from tasks.layout import Layout
 from tasks.results import MissingInput
+from tasks.root_lock import hold_root
 from tasks.scoring import summary_table
 from tasks.stages import PIPELINE, mark_done, stale_reason
 
@@ -35,6 +36,13 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: b
     """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml."""
     layout = Layout.at(root)
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
+    # One run per project root at a time. The CLI already holds the lock (re-entrant: a no-op
+    # then); a scheduled run that starts the flow directly takes it here.
+    with hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
+        return _run_stages(layout, cfg, force)
+
+
+def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
     own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
     results: dict[str, object] = {}
     ran: dict[str, str] = {}

@@ -252,6 +252,8 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. pretrain.epochs=5")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: {key.strip()!r} is not a dotted key, e.g. pretrain.epochs")
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -260,21 +262,28 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'") from None
 
 
-def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (), *, required: bool = False) -> PipelineConfig:
-    """Read ``path`` (missing file = all defaults, unless ``required``), apply ``overrides``, validate."""
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (), missing_ok: bool = True) -> PipelineConfig:
+    """Read ``path``, apply ``overrides``, validate.
+
+    A missing file means all defaults, unless ``missing_ok`` is False (a file the user
+    named explicitly): then it is an error.
+    """
     tree: dict[str, Any] = {}
+    if path is not None and not Path(path).exists() and not missing_ok:
+        raise ConfigError(f"{path}: no such parameter file")
     if path is not None and Path(path).exists():
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the parameter file: {err.strerror}") from None
         if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected sections (data:, pretrain:, ...), found a {type(tree).__name__}")
-    elif required:
-        raise ConfigError(f"{path}: no such parameter file")
+            raise ConfigError(f"{path}: expected a mapping of sections (data:, pretrain:, ...), got {type(tree).__name__}")
     for assignment in overrides:
         apply_override(tree, assignment)
     try:

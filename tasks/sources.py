@@ -141,6 +141,9 @@ def _safe_members(refused: list[Refused]):
     noted instead of failing the whole archive (one bad link must not hide 10,000 good images)."""
 
     def keep(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if member.name.startswith(("/", os.sep)):  # the "data" filter would strip the "/" and unpack it
+            refused.append(Refused(member.name, "unsafe_path", "archive member not unpacked: an absolute path"))
+            return None
         try:
             return tarfile.data_filter(member, dest)
         except tarfile.FilterError as err:

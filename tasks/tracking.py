@@ -10,11 +10,21 @@ A ``Tracker`` logs through ``MlflowClient`` with an explicit run id, so it works
 same from any thread (Prefect may run a task in a worker thread) and needs no global
 "active run". The run is created lazily: a pipeline run whose stages are all up to date
 creates none.
+
+Runs are tagged with their owner (:func:`owner_tags`: host, pid, root) and the runs this
+process opened are remembered, so that an interrupt can end them KILLED
+(:func:`end_interrupted_runs`) and the next start can end those of a process that is gone
+(:func:`end_dead_runs`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -45,6 +55,141 @@ def use_store(root: Path, experiment: str) -> str:
     experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+# Owner tags: which process on which host opened a run for which root.
+TAG_HOST, TAG_PID, TAG_ROOT, TAG_STARTED = "sslpipe.host", "sslpipe.pid", "sslpipe.root", "sslpipe.pid_started"
+
+# run id -> tracking URI of the runs this process has open (see tracked_run).
+_open_runs: dict[str, str] = {}
+
+
+def _process_started(pid: int) -> float | None:
+    """A process's start time (to tell a live pid from a reused one); None if it is gone."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def owner_tags(root: Path) -> dict[str, str]:
+    """Tags to put on every run this process opens for ``root``; :func:`end_dead_runs` reads them."""
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(os.getpid()),
+        TAG_ROOT: str(Path(root).resolve()),
+        TAG_STARTED: f"{_process_started(os.getpid()) or time.time():.2f}",
+    }
+
+
+def tag_new_runs(root: Path) -> None:
+    """Put :func:`owner_tags` on every run this process starts from now on (also a plain
+    ``mlflow.start_run``), through MLflow's ``MLFLOW_RUN_CONTEXT`` tags."""
+    extra = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+    os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**extra, **owner_tags(root)})
+
+
+def remember_open_run(run_id: str, uri: str | None = None) -> None:
+    """Note a run as open in this process: an interrupt ends it KILLED."""
+    import mlflow
+
+    _open_runs[run_id] = uri or mlflow.get_tracking_uri()
+
+
+def forget_open_run(run_id: str) -> None:
+    _open_runs.pop(run_id, None)
+
+
+@contextlib.contextmanager
+def tracked_run(root: Path, run_id: str | None = None, tags: dict[str, str] | None = None, **start_run_kwargs) -> Iterator:
+    """``mlflow.start_run`` (new run or ``run_id`` resumed) with the owner tags, remembered while open.
+
+    On an exception MLflow ends it FAILED; it stays remembered, so that if the exception was an
+    interrupt, :func:`end_interrupted_runs` turns that into KILLED.
+    """
+    import mlflow
+
+    all_tags = {**owner_tags(root), **(tags or {})}
+    with mlflow.start_run(run_id=run_id, tags=all_tags, **start_run_kwargs) as run:
+        remember_open_run(run.info.run_id)
+        yield run
+    forget_open_run(run.info.run_id)
+
+
+def end_interrupted_runs(status: str = "KILLED") -> list[str]:
+    """End every run this process still has open (or left failed by an interrupt) as ``status``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    active = mlflow.active_run()  # also a run opened with plain mlflow.start_run
+    if active is not None:
+        _open_runs.setdefault(active.info.run_id, mlflow.get_tracking_uri())
+        mlflow.end_run(status)
+    else:
+        # A plain `with mlflow.start_run()` the interrupt went through has just ended it FAILED.
+        last = mlflow.last_active_run()
+        if last is not None and last.info.status in ("RUNNING", "FAILED"):
+            _open_runs.setdefault(last.info.run_id, mlflow.get_tracking_uri())
+    ended = []
+    for run_id, uri in list(_open_runs.items()):
+        MlflowClient(uri).set_terminated(run_id, status=status)
+        forget_open_run(run_id)
+        ended.append(run_id)
+    return ended
+
+
+def _runs_of_root(client, root: Path, extra: str = "") -> list:
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    host = socket.gethostname().replace("'", "")
+    where = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'{extra}"
+    return client.search_runs(experiments, filter_string=where, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def end_runs_of_this_process(root: Path, status: str = "KILLED") -> list[str]:
+    """End this process's RUNNING runs of ``root`` (found by their owner tags) and the ones it
+    remembers as open; for a clean-up from another thread than the one that opened them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(Path(root)))
+    ended = []
+    for run in _runs_of_root(client, Path(root).resolve(), f" and tags.`{TAG_PID}` = '{os.getpid()}'"):
+        client.set_terminated(run.info.run_id, status=status)
+        ended.append(run.info.run_id)
+    for run_id, uri in list(_open_runs.items()):
+        if run_id not in ended:
+            MlflowClient(uri).set_terminated(run_id, status=status)
+            ended.append(run_id)
+        forget_open_run(run_id)
+    return ended
+
+
+def end_dead_runs(root: Path) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``root`` opened on this host by a process that is gone.
+
+    Call it holding the root's lock (then no other live run of this root can exist, but the
+    pid check keeps it safe either way). Returns the ids of the runs it ended.
+    """
+    from mlflow import MlflowClient
+
+    root = Path(root).resolve()
+    client = MlflowClient(tracking_uri(root))
+    ended = []
+    for run in _runs_of_root(client, root):
+        pid = int(run.data.tags.get(TAG_PID, "0") or 0)
+        started = _process_started(pid) if pid > 0 else None
+        recorded = float(run.data.tags.get(TAG_STARTED, "0") or 0)
+        # A live pid with another start time is a reused pid: its run's owner is gone too.
+        owner_alive = started is not None and (not recorded or abs(started - recorded) < 2)
+        if not owner_alive:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 class Tracker:
@@ -82,8 +227,10 @@ class Tracker:
     def run_id(self) -> str:
         if self._run_id is None:
             experiment_id = use_store(self.root, self.experiment)
-            run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+            # Owner tags: an interrupt ends the run KILLED, and the next start can tell it died.
+            run = self.client.create_run(experiment_id, run_name=self.run_name, tags={**owner_tags(self.root), **self.tags})
             self._run_id = run.info.run_id
+            remember_open_run(self._run_id, self.client.tracking_uri)
             if self.params:
                 self.log_params(self.params)
         return self._run_id
@@ -122,3 +269,4 @@ class Tracker:
         """End the run if this tracker started or resumed one (FINISHED, FAILED or KILLED)."""
         if self._run_id is not None:
             self.client.set_terminated(self._run_id, status)
+            forget_open_run(self._run_id)

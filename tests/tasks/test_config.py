@@ -85,8 +85,20 @@ def test_resolved_config_has_no_auto():
     assert (mae.backbone, mae.optimizer, mae.lr) == ("vit_tiny", "adamw", 1.5e-3)
 
 
-def test_yaml_errors_in_set_and_a_missing_params_file_are_clear(tmp_path):
+@pytest.mark.parametrize("override", ["pretrain.method_params={a: [1", "data.unlabeled=*alias", "pretrain.lr=: x"])
+def test_yaml_error_in_an_override_is_a_config_error(override):
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(None, ["pretrain.method_params={temperature: [0.5"])
+        load_config(None, [override])
+
+
+def test_missing_params_file_given_explicitly_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no such parameter file"):
-        load_config(tmp_path / "nope.yaml", required=True)
+        load_config(tmp_path / "nope.yaml", missing_ok=False)
+    assert load_config(tmp_path / "nope.yaml") == PipelineConfig()  # the default file missing: defaults
+
+
+def test_params_file_that_is_not_a_mapping(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(params)

@@ -221,3 +221,19 @@ def test_quarantined_labeled_files_are_left_out_of_the_evaluation_set(tmp_path, 
     assert report.success and report.faults == {"not_an_image": 1, "blank": 1}
     counts = ingest_labeled(labeled, tmp_path / "out" / "labeled_table.csv", tmp_path / "prepared", 32)
     assert counts == {"train": 48, "test": 24}  # the fixture's own files, nothing else
+
+
+def test_a_tar_member_with_an_absolute_path_is_never_unpacked(tmp_path, tiny_data):
+    archive = tmp_path / "pool.tar"
+    data = (tiny_data["unlabeled"] / "00000.jpg").read_bytes()
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tiny_data["unlabeled"], arcname="pool")
+        evil = tarfile.TarInfo(str(tmp_path / "abs" / "evil.jpg"))  # an absolute member name
+        evil.size = len(data)
+        tar.addfile(evil, io.BytesIO(data))
+    report, table = check_source(archive, "unlabeled", ValidateConfig(**QUARANTINE), tmp_path / "out")
+    assert _faults(table)[str(tmp_path / "abs" / "evil.jpg")] == "unsafe_path"
+    assert report.accepted == 128
+    assert not (tmp_path / "abs").exists()
+    stop, _ = check_source(archive, "unlabeled", ValidateConfig(), tmp_path / "out2")
+    assert not stop.success
