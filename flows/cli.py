@@ -12,14 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = {
-    "validate": "check the images with a Great Expectations checkpoint (reports/validation/)",
-    "ingest": "decode validated images into data/prepared/ (the DVC-tracked training data)",
-    "augment": "check the view policy and draw reports/augment_preview.png",
-    "pretrain": "train the SSL method; writes models/encoder/ and opens the MLflow run",
-    "evaluate": "linear probe and kNN for SSL, random-init and raw pixels (reports/metrics.json)",
-    "register": "log the encoder to MLflow and register a new version of the model",
-}
+from tasks.stages import PIPELINE
 
 
 class ExpectedError(Exception):
@@ -51,10 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="MLflow store: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db. Prefect: $PREFECT_API_URL, else a temporary local server.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run every stage as one Prefect flow and print the summary", description="Run validate, ingest, augment, pretrain, evaluate and register as one Prefect flow, tracked in one MLflow run.")
+    run = commands.add_parser(
+        "run",
+        help="run every stage as one Prefect flow and print the summary",
+        description="Run validate, ingest, augment, pretrain, evaluate and register as one Prefect flow, tracked in one MLflow run. "
+        "Stages whose code, params and inputs are unchanged since they last succeeded are skipped.",
+    )
     _common(run)
-    for name, text in STAGES.items():
-        _common(commands.add_parser(name, help=text, description=f"Stage '{name}': {text}."))
+    run.add_argument("--force", action="store_true", help="rerun every stage, even the up-to-date ones")
+    for stage in PIPELINE:
+        _common(commands.add_parser(stage.name, help=stage.help, description=f"Stage '{stage.name}': {stage.help}."))
+    generate = commands.add_parser(
+        "generate",
+        help="write dvc.yaml from the declared stages (tasks/stages.py)",
+        description="Write dvc.yaml from the stage list in tasks/stages.py; with --params also params.yaml from the defaults in tasks/config.py.",
+    )
+    generate.add_argument("--root", default=".", help="where to write (default: .)")
+    generate.add_argument("--params", action="store_true", help="also overwrite params.yaml with the defaults")
     serve = commands.add_parser(
         "serve",
         help="run the pipeline on a schedule (a Prefect deployment; needs a Prefect server)",
@@ -111,12 +117,17 @@ def _config(args: argparse.Namespace):
         raise ExpectedError(str(err)) from None
 
 
-def _check_sources(cfg) -> None:
+def _check_sources(cfg, root: str, keys=("data.unlabeled", "data.labeled")) -> None:
+    from tasks.layout import Layout
     from tasks.sources import TORCHVISION_PREFIX
 
-    for key, source in (("data.unlabeled", cfg.data.unlabeled), ("data.labeled", cfg.data.labeled)):
-        if not source.startswith(TORCHVISION_PREFIX) and not Path(source).exists():
-            raise ExpectedError(f"{source}: no such file or folder ({key})")
+    layout = Layout.at(root)
+    for key in keys:
+        section, name = key.split(".")
+        source = getattr(getattr(cfg, section), name)
+        if not source.startswith(TORCHVISION_PREFIX) and not Path(layout.source(source)).exists():
+            where = "" if Path(source).is_absolute() else f", looked for under {layout.root}"
+            raise ExpectedError(f"{source}: no such file or folder ({key}){where}")
 
 
 def _result_of(state, what: str):
@@ -128,47 +139,58 @@ def _result_of(state, what: str):
 
 def run_pipeline(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    _check_sources(cfg)
+    _check_sources(cfg, args.root)
     from flows.pipeline import ssl_pipeline
-    from tasks.evaluate import summary_table
+    from tasks.scoring import summary_table
 
-    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), return_state=True), "the pipeline")
-    print(f"\n{cfg.pretrain.method} encoder registered as {cfg.register.model_name} version {result['version']} (@{cfg.register.alias})")
-    print(f"promotion gate: {result['decision']}")
-    print(f"MLflow run {result['run_id']}\n")
+    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, return_state=True), "the pipeline")
+    print()
+    for name, why in result["skipped"].items():
+        print(f"{name:<9} skipped: {why}")
+    for name, why in result["ran"].items():
+        print(f"{name:<9} ran: {why}")
+    registered = result["registered"]
+    if "register" not in result["ran"]:
+        print(f"\nnothing changed: nothing trained or registered ({registered.model_name} version {registered.version} is the latest from this root)")
+        return 0
+    print(f"\n{cfg.pretrain.method} encoder registered as {registered.model_name} version {registered.version} (@{registered.alias})")
+    print(f"promotion gate: {registered.decision}")
+    print(f"MLflow run {registered.run_id}\n")
     print(summary_table(result["metrics"]))
     return 0
 
 
 def run_stage(args: argparse.Namespace) -> int:
-    import importlib
-
+    from flows.stage_runner import run_alone
     from tasks.layout import Layout
 
     cfg = _config(args)
-    layout = Layout.at(args.root)
-    module = importlib.import_module(f"tasks.{args.command}")
-    stage = getattr(module, f"{args.command}_stage")
     if args.command == "validate":
-        _check_sources(cfg)
-        reports = stage(layout, cfg)
-        for report in reports:
-            print(report.summary())
-        if not all(r.success for r in reports):
-            return 2
-    elif args.command == "pretrain":
-        from ssl_models.training import TrainingDiverged
+        _check_sources(cfg, args.root)
+    result = run_alone(args.command, Layout.at(args.root), cfg.resolved(), progress=not args.quiet)
+    if args.command == "validate":
+        print("\n".join(result.summaries))
+        return 0 if result.success else 2
+    if args.command == "evaluate":
+        from tasks.scoring import summary_table
 
-        try:
-            stage(layout, cfg, progress=not args.quiet)
-        except TrainingDiverged as err:
-            raise ExpectedError(f"{cfg.pretrain.method} diverged: {err}") from None
-    else:
-        result = stage(layout, cfg)
-        if args.command == "evaluate":
-            print(module.summary_table(result))
-        elif args.command == "register":
-            print(f"{result['model_name']} version {result['version']} (@{result['alias']}); promotion gate: {result['decision']}")
+        print(summary_table(result.metrics))
+    elif args.command == "register":
+        print(f"{result.model_name} version {result.version} (@{result.alias}); promotion gate: {result.decision}")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    from tasks.atomic import write_text
+    from tasks.config import params_yaml
+    from tasks.stages import dvc_yaml
+
+    root = Path(args.root)
+    write_text(root / "dvc.yaml", dvc_yaml())
+    print(f"wrote {root / 'dvc.yaml'}")
+    if args.params:
+        write_text(root / "params.yaml", params_yaml())
+        print(f"wrote {root / 'params.yaml'}")
     return 0
 
 
@@ -186,11 +208,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from tasks.sources import TORCHVISION_PREFIX
-
-    source = cfg.finetune.data
-    if not source.startswith(TORCHVISION_PREFIX) and not Path(source).exists():
-        raise ExpectedError(f"{source}: no such file or folder (finetune.data)")
+    _check_sources(cfg, args.root, keys=("finetune.data",))
     from flows.finetune import finetune_flow, summary
 
     result = _result_of(finetune_flow(config=cfg, root=str(Path(args.root).resolve()), return_state=True), "fine-tuning")
@@ -224,11 +242,31 @@ def run_registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command}
+COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command, "generate": generate}
+# Faults of the input, the config or the order of stages: a message, exit 2, no traceback.
+EXPECTED = (
+    "tasks.sources:SourceError",
+    "tasks.results:MissingInput",
+    "tasks.register:MismatchedScores",
+    "tasks.augment:AugmentPolicyError",
+    "tasks.validation_report:DataValidationError",
+    "tasks.promote:PromotionError",
+    "ssl_models.training:TrainingDiverged",
+)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    import importlib
+
+    found: list[type[BaseException]] = [ExpectedError, FileNotFoundError]
+    for name in EXPECTED:
+        module, cls = name.split(":")
+        found.append(getattr(importlib.import_module(module), cls))
+    return tuple(found)
 
 
 # Commands that work in the project root: one at a time per root (tasks/root_lock.py).
-LOCKED = {"run", "finetune", *STAGES}
+LOCKED = {"run", "finetune", *(stage.name for stage in PIPELINE)}
 # Commands that run a Prefect flow: they need a Prefect API (a temporary server if none is set).
 FLOWS = {"run", "finetune"}
 
@@ -313,7 +351,7 @@ def _main(args: argparse.Namespace, guard) -> int:
                     # reported the flow run crashed while the exception passed through it).
                     args.ended_runs = _end_interrupted_runs()
                 raise
-    except (ExpectedError, SourceError, FileNotFoundError, RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
+    except (*_expected_errors(), RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
         print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -8,20 +8,23 @@ trained or registered.
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.stage_runner import run_name
 from tasks.config import PipelineConfig, load_config
-from tasks.finetune import (
-    finetune_prepare_task,
-    finetune_task,
-    no_encoder_message,
-    register_classifier_task,
-    resolve_encoder_task,
-)
+from tasks.finetune import finetune_prepare_stage, finetune_stage, no_encoder_message, register_classifier_stage, resolve_encoder_stage
 from tasks.layout import Layout
+from tasks.tracking import Tracker
+
+# The Prefect tasks are the stage functions as-is (no caching: a fine-tuning is asked for on purpose).
+resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
+finetune_prepare_task = task(finetune_prepare_stage, name="prepare", cache_policy=NO_CACHE)
+finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
+register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)
 
 
 def summary(result: dict) -> str:
@@ -38,15 +41,25 @@ def summary(result: dict) -> str:
 def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
     layout = Layout.at(root)
-    cfg = config or load_config(layout.root / "params.yaml")
+    cfg = (config or load_config(layout.root / "params.yaml")).resolved()
     encoder = resolve_encoder_task(layout, cfg)
     if encoder is None:
         return Failed(message=no_encoder_message(cfg))
     prepared = finetune_prepare_task(layout, cfg, encoder.image_size)
     if not prepared.ok:
         return Failed(message=prepared.message)
-    result = finetune_task(layout, cfg, encoder, flow_run_id=flow_run.id)
-    version = register_classifier_task(layout, cfg)
+    tracker = Tracker(
+        layout.root, cfg.finetune.experiment, run_name=run_name(f"finetune-{encoder.name}-v{encoder.version}"),
+        tags={"prefect_flow_run_id": str(flow_run.id or "")},
+    )  # fmt: skip
+    try:
+        result = finetune_task(layout, cfg, encoder, tracker)
+        version = register_classifier_task(layout, cfg, result)
+    except BaseException as err:
+        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end()
+    result.pop("tags")
     create_markdown_artifact(
         key="ssl-finetune-summary",
         markdown=f"## {cfg.finetune.model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",

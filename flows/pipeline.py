@@ -1,47 +1,84 @@
-"""The pipeline flow: the stages in order, nothing else.
+"""The pipeline flow: the declared stages (tasks/stages.py) in order, results passed along.
 
 validate -> ingest -> augment -> pretrain -> evaluate -> register
 
-Bad data ends the flow run in a Failed state with the validation report as its
-message (no traceback, nothing trained or registered).
+A stage whose code, params, inputs and outputs are unchanged since it last succeeded is
+skipped (its result is read back from its outputs); ``force`` reruns everything. The flow
+owns one MLflow run, created when a stage first logs: a run where nothing changed creates
+none and registers nothing. Bad data ends the flow run Failed with the validation report as
+its message (no traceback, nothing trained or registered).
 """
 
 from __future__ import annotations
 
-from prefect import flow
+import logging
+
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from tasks.augment import augment_task
+from flows.stage_runner import pipeline_tracker, tracker_for
 from tasks.config import PipelineConfig, load_config
-from tasks.evaluate import evaluate_task, summary_table
-from tasks.ingest import ingest_task
+from tasks.context import StageContext
 from tasks.layout import Layout
-from tasks.pretrain import pretrain_task
-from tasks.register import register_task
-from tasks.validate import validate_task
+from tasks.results import MissingInput
+from tasks.root_lock import hold_root
+from tasks.scoring import summary_table
+from tasks.stages import PIPELINE, mark_done, stale_reason
+
+log = logging.getLogger("sslpipe")
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def ssl_pipeline(config: PipelineConfig | None = None, root: str = "."):
+def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False):
     """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml."""
     layout = Layout.at(root)
-    cfg = config or load_config(layout.root / "params.yaml")
-    reports = validate_task(layout, cfg)
-    create_markdown_artifact(key="data-validation", markdown="## Data validation\n\n" + "\n\n".join(r.markdown() for r in reports))
-    failed = [r for r in reports if not r.success]
-    if failed:
-        return Failed(message="\n".join(r.summary() for r in failed))
-    counts = ingest_task(layout, cfg)
-    augment_task(layout, cfg)
-    run_id = pretrain_task(layout, cfg, flow_run_id=flow_run.id)
-    metrics = evaluate_task(layout, cfg)
-    registered = register_task(layout, cfg)
-    version = registered["version"]
-    table = summary_table(metrics)
-    create_markdown_artifact(
-        key="ssl-pipeline-summary",
-        markdown=f"## {cfg.pretrain.method} encoder, {cfg.register.model_name} v{version}\n\n{registered['decision']}\n\n```\n{table}\n```\n\nMLflow run `{run_id}`",
-    )
-    return {"run_id": run_id, "version": version, "champion": registered["champion"], "decision": registered["decision"], "images": counts, "metrics": metrics}
+    cfg = (config or load_config(layout.root / "params.yaml")).resolved()
+    # One run per project root at a time. The CLI already holds the lock (re-entrant: a no-op
+    # then); a scheduled run that starts the flow directly takes it here.
+    with hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
+        return _run_stages(layout, cfg, force)
+
+
+def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
+    own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
+    results: dict[str, object] = {}
+    ran: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    try:
+        for stage in PIPELINE:
+            reason = "--force" if force else stale_reason(stage, layout.root, cfg)
+            if reason is None:
+                try:
+                    results[stage.name] = stage.result_type().load(layout)
+                    skipped[stage.name] = "up to date: code, params, inputs and outputs unchanged"
+                    log.info("%s: skipped (up to date)", stage.name)
+                    continue
+                except MissingInput as err:
+                    reason = str(err)
+            inputs = {name: results[name] for name in stage.inputs}
+            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own))
+            log.info("%s: running (%s)", stage.name, reason)
+            run = task(stage.load(), name=stage.name, task_run_name=stage.name, cache_policy=NO_CACHE)
+            result = run(ctx, *inputs.values())
+            results[stage.name], ran[stage.name] = result, reason
+            if stage.name == "validate":
+                create_markdown_artifact(key="data-validation", markdown=result.markdown)
+                if not result.success:
+                    own.end("FAILED")
+                    return Failed(message="\n".join(result.summaries))
+            mark_done(stage, layout.root, cfg)
+    except BaseException as err:
+        own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    own.end()
+    registered, evaluation = results["register"], results["evaluate"]
+    if "register" in ran:
+        create_markdown_artifact(
+            key="ssl-pipeline-summary",
+            markdown=f"## {cfg.pretrain.method} encoder, {registered.model_name} v{registered.version}\n\n{registered.decision}\n\n"
+            f"```\n{summary_table(evaluation.metrics)}\n```\n\nMLflow run `{registered.run_id}`",
+        )
+    return {"ran": ran, "skipped": skipped, "registered": registered, "metrics": evaluation.metrics, "images": results["ingest"].counts}

@@ -25,6 +25,7 @@ from torch import nn
 
 from ssl_models.augment import random_resized_crop
 from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, encoder_from_weights
+from ssl_models.memory_format import training_memory_format
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,10 @@ def train_classifier(
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
-    # channels_last: oneDNN's faster convolution layout on CPUs (as in pretraining).
-    classifier = Classifier(encoder, num_classes).to(device, memory_format=torch.channels_last)
+    # channels_last where it is safe: oneDNN's faster convolution layout on CPUs (as in pretraining).
+    classifier = Classifier(encoder, num_classes)
+    memory_format = training_memory_format(classifier)
+    classifier = classifier.to(device, memory_format=memory_format)
     data, targets = images.to(device), labels.to(device)
     size = images.shape[-1]
     # BatchNorm needs at least two images per batch; tiny subsets repeat images within a batch.
@@ -149,7 +152,7 @@ def train_classifier(
         batch_idx, order = order[:batch_size], order[batch_size:]
         batch = data[batch_idx].float().div_(255)
         batch = random_resized_crop(batch, size, (settings.crop_scale_min, 1.0), flip_p=settings.flip_p)
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=memory_format)
         loss = F.cross_entropy(classifier(batch), targets[batch_idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ssl_models.memory_format import training_memory_format
 from ssl_models.methods.base import SSLMethod
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 15
+    epochs: int = 12  # sized for `make run` on 2 CPU cores
     batch_size: int = 256
     lr: float = 0.3  # for batch 256; scaled linearly with the batch size
     momentum: float = 0.9
@@ -112,7 +113,7 @@ def pretrain(
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
-    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    memory_format = training_memory_format(method, settings.channels_last)
     method = method.to(device, memory_format=memory_format)  # type: ignore[assignment]
     data = images.to(device)
     batch_size = min(settings.batch_size, len(data))

@@ -14,6 +14,8 @@ the next start.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -71,8 +73,17 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    text = json.dumps(obj, indent=indent)  # serialised first: an unserialisable object writes nothing
+    text = json.dumps(obj, indent=indent, default=str)  # serialised first: an unserialisable object writes nothing
     return write_text(path, text)
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> Path:
+    """A CSV with a header from the first row's keys (history.csv, label_efficiency.csv)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, out.getvalue())
 
 
 @contextlib.contextmanager

@@ -7,35 +7,16 @@ writes no data: it proves the policy behaves and shows it, as
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from ssl_models.augment import ViewPolicy
-from tasks.config import AugmentConfig, PipelineConfig
-from tasks.layout import Layout
+from tasks.context import StageContext
+from tasks.prepared import preview_images
+from tasks.results import Prepared, Preview
 
 
 class AugmentPolicyError(ValueError):
     """The view policy produced something training must not see."""
-
-
-def view_policy(cfg: AugmentConfig, image_size: int) -> ViewPolicy:
-    return ViewPolicy(
-        size=image_size,
-        crop_scale=(cfg.crop_scale_min, 1.0),
-        flip_p=cfg.flip_p,
-        jitter_p=cfg.jitter_p,
-        brightness=cfg.brightness,
-        contrast=cfg.contrast,
-        saturation=cfg.saturation,
-        hue=cfg.hue,
-        grayscale_p=cfg.grayscale_p,
-        blur_p=cfg.blur_p,
-    )
 
 
 def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
@@ -53,20 +34,16 @@ def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
     return views
 
 
-def augment_stage(layout: Layout, cfg: PipelineConfig) -> Path:
-    """Check the policy on the first training images; save ``reports/augment_preview.png``."""
+def augment(ctx: StageContext, prepared: Prepared) -> Preview:
+    """Check the policy on the first training images; save and log ``reports/augment_preview.png``."""
     from torchvision.utils import save_image
 
+    from tasks.atomic import save_with
+
+    cfg = ctx.cfg
     torch.manual_seed(cfg.pretrain.seed)
-    image_size, out_png = cfg.data.image_size, layout.reports / "augment_preview.png"
-    sample = np.load(layout.unlabeled / "images.npy", mmap_mode="r")[: cfg.augment.preview_images]
-    images = torch.from_numpy(np.array(sample)).permute(0, 3, 1, 2).float() / 255
-    views = check_views(view_policy(cfg.augment, image_size), images)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.cat([images, views]), out_png, nrow=len(images), padding=2)
-    return out_png
-
-
-# The Prefect task is the stage function as-is. No result caching: inputs are a layout
-# and a config, and DVC already decides what is stale from content hashes.
-augment_task = task(augment_stage, name="augment", cache_policy=NO_CACHE)
+    images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
+    views = check_views(cfg.augment.policy(cfg.data.image_size), images)
+    out = save_with(ctx.layout.augment_preview, lambda tmp: save_image(torch.cat([images, views]), tmp, nrow=len(images), padding=2, format="png"))
+    ctx.tracker.log_artifact(out, "augment")
+    return Preview(str(out))

@@ -1,16 +1,34 @@
 """One typed config for the whole pipeline, loaded from ``params.yaml``.
 
 Sections mirror the stages. Unknown keys are errors, so a typo in ``params.yaml`` or
-``--set`` fails loudly instead of being ignored.
+``--set`` fails loudly instead of being ignored; the method name and its
+hyperparameters are checked against the method itself, before any stage runs.
+
+**One source of defaults.** The science's own dataclasses (``ViewPolicy``,
+``TrainSettings``, ``FinetuneSettings``) hold the defaults of the knobs they own; the
+sections below read them from there (:func:`_default`). ``params.yaml`` is written from
+these sections (``sslpipe generate``), and a test fails when the committed file differs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssl_models.augment import ViewPolicy
+from ssl_models.device import resolve_device
+from ssl_models.finetune import FinetuneSettings
+from ssl_models.training import TrainSettings
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``cls.name``: the one place it is written."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 class Section(BaseModel):
@@ -19,8 +37,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     unlabeled: str = Field("data/sample/unlabeled.tar.gz", description="unlabeled images: folder, tar archive, or torchvision:NAME")
-    labeled: str = Field("data/sample/labeled.tar.gz", description="labeled evaluation images: train/<class>/ and test/<class>/ (or <class>/ only)")
-    image_size: int = Field(32, ge=8, description="side length images are resized to")
+    labeled: str = Field("data/sample/labeled.tar.gz", description="labeled evaluation images: train/<class>/ + test/<class>/, or <class>/ only")
+    image_size: int = Field(32, ge=8, description="images are centre-cropped and resized to this side")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the labeled set has no train/test split")
 
 
@@ -29,62 +47,110 @@ Conversion = Literal["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", 
 
 class ValidateConfig(Section):
     min_images: int = Field(16, ge=1, description="fewest images (after quarantine) worth training on")
-    min_side: int = Field(8, ge=1, description="smallest allowed width or height in pixels")
-    max_side: int = Field(4096, ge=1, description="largest allowed width or height in pixels")
-    allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP"], description="formats as read from the content, not the extension")
-    allow_duplicates: bool = False
-    on_fail: Literal["stop", "quarantine"] = Field("stop", description="stop: no training on a dump with any bad file; quarantine: leave bad files out")
-    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="quarantine: train only if at most this share of the files is bad")
+    min_side: int = Field(8, ge=1, description="pixels; smaller is a fault (too_small)")
+    max_side: int = Field(4096, ge=1, description="pixels; larger is a fault (too_large)")
+    allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP"], description="read from the content, not the extension")
+    allow_duplicates: bool = Field(False, description="exact duplicates (same bytes): later copies are faults")
+    on_fail: Literal["stop", "quarantine"] = Field("stop", description="stop: no training if any file is bad | quarantine: leave bad files out")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="quarantine: train only if at most this share is bad")
     convert: list[Conversion] = Field(
         ["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", "resize"],
-        description="cases converted to RGB at the training size instead of failing",
+        description="turned into RGB at data.image_size instead of failing",
     )
-    max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb guard: larger images are a fault and never decoded")
-    blank_std: float = Field(0.01, ge=0, description="an image whose every channel has a std (0..1 scale) at or below this is blank")
-    drift_tolerance: float | None = Field(
-        0.1, gt=0, description="dataset mean/std per channel must stay within this of the last validated version's; null: no drift check"
-    )
-    workers: int = Field(0, ge=0, description="processes that read images; 0: one per CPU core, used only when the work is long enough to pay")
+    max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb guard: larger images are never decoded (fault: bomb)")
+    blank_std: float = Field(0.01, ge=0, description="every channel's std (0..1) at or below this: blank")
+    drift_tolerance: float | None = Field(0.1, gt=0, description="dataset mean/std per channel vs data/reference_stats.json; null: off")
+    workers: int = Field(0, ge=0, description="image-reading processes; 0: one per core, when it pays")
 
 
 class AugmentConfig(Section):
-    crop_scale_min: float = Field(0.2, gt=0, le=1)
-    flip_p: float = Field(0.5, ge=0, le=1)
-    jitter_p: float = Field(0.8, ge=0, le=1)
-    brightness: float = Field(0.4, ge=0)
-    contrast: float = Field(0.4, ge=0)
-    saturation: float = Field(0.4, ge=0)
-    hue: float = Field(0.1, ge=0, le=0.5)
-    grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_p: float = Field(0.0, ge=0, le=1)
-    preview_images: int = Field(8, ge=1, le=64)
+    """SimCLR's view policy (defaults: ``ssl_models.augment.ViewPolicy``)."""
+
+    crop_scale_min: float = Field(_default(ViewPolicy, "crop_scale")[0], gt=0, le=1, description="random resized crop: smallest area share")
+    flip_p: float = Field(_default(ViewPolicy, "flip_p"), ge=0, le=1)
+    jitter_p: float = Field(_default(ViewPolicy, "jitter_p"), ge=0, le=1)
+    brightness: float = Field(_default(ViewPolicy, "brightness"), ge=0)
+    contrast: float = Field(_default(ViewPolicy, "contrast"), ge=0)
+    saturation: float = Field(_default(ViewPolicy, "saturation"), ge=0)
+    hue: float = Field(_default(ViewPolicy, "hue"), ge=0, le=0.5)
+    grayscale_p: float = Field(_default(ViewPolicy, "grayscale_p"), ge=0, le=1)
+    blur_p: float = Field(_default(ViewPolicy, "blur_p"), ge=0, le=1, description="SimCLR drops blur on CIFAR-sized images")
+    preview_images: int = Field(8, ge=1, le=64, description="images in reports/augment_preview.png")
+
+    def policy(self, image_size: int) -> ViewPolicy:
+        fields = self.model_dump(exclude={"crop_scale_min", "preview_images"})
+        return ViewPolicy(size=image_size, crop_scale=(self.crop_scale_min, 1.0), **fields)
 
 
 class PretrainConfig(Section):
-    method: str = "simclr"
-    method_params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's own defaults")
-    backbone: str = Field("auto", description="backbone name, or auto for the method's preferred one")
-    width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 on a GPU")
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(256, ge=2)
-    # "auto": the method's recommended value (e.g. AdamW for MAE), else the SGD recipe.
-    optimizer: Literal["auto", "sgd", "adamw"] = "auto"
-    lr: float | Literal["auto"] = Field("auto", description="learning rate for batch 256, scaled linearly")
-    weight_decay: float | Literal["auto"] = "auto"
-    warmup_epochs: int = Field(1, ge=0)
+    """Optimisation defaults: ``ssl_models.training.TrainSettings``; ``auto``: the method's recommendation."""
+
+    method: str = Field("simclr", description="SSL method (docs/methods.md)")
+    method_params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's own defaults, e.g. {temperature: 0.5}")
+    backbone: str = Field("auto", description="auto = the method's preferred backbone")
+    width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 (the paper's) on a GPU")
+    epochs: int = Field(_default(TrainSettings, "epochs"), ge=1)
+    batch_size: int = Field(_default(TrainSettings, "batch_size"), ge=2)
+    optimizer: Literal["auto", "sgd", "adamw"] = Field("auto", description="auto = the method's recommendation (MAE: adamw), else sgd")
+    lr: float | Literal["auto"] = Field("auto", description="for batch 256, scaled linearly; auto = the method's, else TrainSettings'")
+    weight_decay: float | Literal["auto"] = Field("auto", description="auto = the method's, else TrainSettings'")
+    warmup_epochs: int = Field(_default(TrainSettings, "warmup_epochs"), ge=0)
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
-    seed: int = 0
+    seed: int = _default(TrainSettings, "seed")
+
+    @model_validator(mode="after")
+    def _method_exists(self) -> PretrainConfig:
+        check_method(self.method, self.method_params)
+        return self
+
+    def resolved(self) -> PretrainConfig:
+        """Every ``auto`` replaced by the value that will be used (what MLflow records)."""
+        from ssl_models.methods import METHODS
+
+        method = METHODS[self.method]
+        recommended = getattr(method, "recommended", {})
+
+        def pick(key: str) -> Any:
+            value = getattr(self, key)
+            return value if value != "auto" else recommended.get(key, _default(TrainSettings, key))
+
+        return self.model_copy(
+            update={
+                "backbone": method.backbones[0] if self.backbone == "auto" else self.backbone,
+                "optimizer": pick("optimizer"),
+                "lr": pick("lr"),
+                "weight_decay": pick("weight_decay"),
+                "device": str(resolve_device(self.device)),
+            }
+        )
+
+    def settings(self) -> TrainSettings:
+        """The training loop's settings; call on a :meth:`resolved` config."""
+        names = {f.name for f in dataclasses.fields(TrainSettings)}
+        return TrainSettings(**self.model_dump(include=names))
+
+
+def check_method(name: str, params: dict[str, Any]) -> None:
+    """The method exists and takes every hyperparameter given; the message lists what is valid."""
+    from ssl_models.methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    accepted = [p for p in inspect.signature(METHODS[name]).parameters if p not in ("encoder", "views")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no hyperparameter {', '.join(map(repr, unknown))}; valid: {', '.join(accepted) or 'none'}")
 
 
 class EvaluateConfig(Section):
-    knn_k: int = Field(20, ge=1)
+    knn_k: int = Field(20, ge=1, description="weighted kNN on cosine similarity")
     knn_temperature: float = Field(0.07, gt=0)
-    probe_weight_decays: list[float] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    probe_weight_decays: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], description="L2 strengths tried on a validation split")
     probe_validation_fraction: float = Field(0.2, gt=0, lt=1)
     label_fractions: list[float] = Field(
-        [0.01, 0.1, 1.0], description="shares of the labeled train split for the label-efficiency curve (fine-tuning recipe: the finetune section)"
+        [0.01, 0.1, 1.0], description="label-efficiency curve: fine-tune vs from scratch (recipe: the finetune section)"
     )
-    embedding_points: int = Field(1000, ge=10, description="test images (at most) in the t-SNE picture of the embeddings")
+    embedding_points: int = Field(1000, ge=10, description="test images (at most) in the t-SNE picture")
 
     @field_validator("label_fractions")
     @classmethod
@@ -97,30 +163,37 @@ class EvaluateConfig(Section):
 
 class RegisterConfig(Section):
     model_name: str = "ssl-encoder"
-    alias: str = "challenger"
+    alias: str = Field("challenger", description="every registered version gets this alias")
     experiment: str = "ssl-pipeline"
-    champion_alias: str = "champion"
+    champion_alias: str = Field("champion", description="moved only by the promotion gate, promote, rollback")
     min_improvement: float = Field(0.0, ge=0, description="probe accuracy a challenger must gain over the champion to replace it")
 
 
 class FinetuneConfig(Section):
-    """The supervised recipe (used by evaluate's label-efficiency curve too) and the finetune flow."""
+    """The supervised recipe (also the label-efficiency curve's; defaults: ``FinetuneSettings``) and `sslpipe finetune`."""
 
     data: str = Field("data/sample/labeled.tar.gz", description="labeled images for `sslpipe finetune`: <class>/ folders, or train/ + test/")
-    encoder_alias: str = Field("champion", description="which version of register.model_name to fine-tune")
-    label_fraction: float = Field(1.0, gt=0, le=1, description="share of the train labels the registered classifier learns from")
-    compare_fraction: float | None = Field(0.1, gt=0, le=1, description="also fine-tune and train from scratch on this share, to compare; null: skip")
-    steps: int = Field(150, ge=1, description="optimisation steps, the same at every label fraction (sized for 2 CPU cores)")
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(0.05, gt=0, description="SGD (Nesterov) peak learning rate, cosine decay")
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop scale range [crop_scale_min, 1]")
-    flip_p: float = Field(0.5, ge=0, le=1)
+    encoder_alias: str = Field("champion", description="fine-tunes models:/<register.model_name>@<this>")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="share of the train labels the classifier learns from")
+    compare_fraction: float | None = Field(0.1, gt=0, le=1, description="also fine-tune and train from scratch on this share; null: skip")
+    steps: int = Field(_default(FinetuneSettings, "steps"), ge=1, description="the same at every label fraction; sized for 2 CPU cores: raise on a GPU")
+    batch_size: int = Field(_default(FinetuneSettings, "batch_size"), ge=2)
+    lr: float = Field(_default(FinetuneSettings, "lr"), gt=0, description="SGD with Nesterov momentum, cosine decay")
+    weight_decay: float = Field(_default(FinetuneSettings, "weight_decay"), ge=0)
+    warmup_steps: int = Field(_default(FinetuneSettings, "warmup_steps"), ge=0)
+    crop_scale_min: float = Field(_default(FinetuneSettings, "crop_scale_min"), gt=0, le=1)
+    flip_p: float = Field(_default(FinetuneSettings, "flip_p"), ge=0, le=1)
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
-    seed: int = 0
+    seed: int = _default(FinetuneSettings, "seed")
     model_name: str = "ssl-classifier"
     experiment: str = "ssl-finetune"
+
+    def resolved(self) -> FinetuneConfig:
+        return self.model_copy(update={"device": str(resolve_device(self.device))})
+
+    def settings(self) -> FinetuneSettings:
+        names = {f.name for f in dataclasses.fields(FinetuneSettings)}
+        return FinetuneSettings(**self.model_dump(include=names))
 
 
 class PipelineConfig(Section):
@@ -145,7 +218,14 @@ class PipelineConfig(Section):
         return self.register_
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        return self.model_dump(by_alias=True, mode="json")
+
+    def resolved(self) -> PipelineConfig:
+        """The config with no ``auto`` left: the values a run really uses."""
+        return self.model_copy(update={"pretrain": self.pretrain.resolved(), "finetune": self.finetune.resolved()})
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.as_dict()[name]
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys, e.g. {"pretrain.epochs": 15}: the form MLflow params take."""
@@ -209,5 +289,26 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
         raise ConfigError(f"{path or 'config'}: {problems}") from None
+
+
+def params_yaml() -> str:
+    """``params.yaml`` as the defaults make it, each key commented with its description."""
+    header = (
+        "# Pipeline parameters, grouped by stage. Written by `sslpipe generate` from tasks/config.py\n"
+        "# (edit your values freely; `sslpipe run --set pretrain.epochs=5` overrides one for a run).\n"
+        "# DVC reruns exactly the stages whose params changed."
+    )
+    lines = [header]
+    defaults = PipelineConfig()
+    for name, field in PipelineConfig.model_fields.items():
+        section_name = field.alias or name
+        section = getattr(defaults, name)
+        lines.append(f"\n{section_name}:")
+        for key, sub in type(section).model_fields.items():
+            value = yaml.safe_dump(section.model_dump(mode="json")[key], default_flow_style=True, width=1000).strip()
+            value = value.removesuffix("\n...").removesuffix("...").strip()
+            comment = f"  # {sub.description}" if sub.description else ""
+            lines.append(f"  {key}: {value}{comment}")
+    return "\n".join(lines) + "\n"

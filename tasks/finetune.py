@@ -21,21 +21,20 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+import torch
 
 from ssl_models.encoder import CONFIG_FILE, load_encoder
 from ssl_models.finetune import Classifier, finetune_accuracy, load_classifier, save_classifier, stratified_subset
+from tasks.atomic import staged_dir, write_json
 from tasks.config import PipelineConfig
-from tasks.evaluate import finetune_settings, load_classes, load_labeled
-from tasks.ingest import ingest_labeled
 from tasks.layout import Layout
 from tasks.lineage import dvc_hash, git_commit
-from tasks.pretrain import resolve_device
+from tasks.model_logging import log_model_dir
+from tasks.prepared import load_classes, load_labeled, write_labeled
 from tasks.promote import current_champion, registry_lock
+from tasks.source_check import validate_source
 from tasks.sources import SourceError
-from tasks.tracking import resumed_run, save_run_id, use_store
-from tasks.validate import validate_source
+from tasks.tracking import Tracker, use_store
 
 
 @dataclass(frozen=True)
@@ -89,28 +88,28 @@ def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, image_size: int)
     the encoder's own input size. Never raises on bad data: a bad folder is a result, which the
     flow turns into a Failed run with this message (a raise in a task would print a traceback)."""
     validation = layout.finetune_reports / "validation"
-    report = validate_source(cfg.finetune.data, "finetune", cfg.validate, validation, layout.downloads, image_size=image_size)
+    source = layout.source(cfg.finetune.data)
+    report = validate_source(source, "finetune", cfg.validate, validation, layout.downloads, image_size=image_size, labeled=True)
     if not report.success:
         return Prepared(False, report.summary())
     try:
         table = validation / "finetune_table.csv"
-        counts = ingest_labeled(cfg.finetune.data, layout.finetune_data, image_size, cfg.data.test_fraction, layout.downloads, table)
-    except SourceError as err:  # e.g. one class folder only, or an empty split
+        with staged_dir(layout.finetune_data) as staging:
+            counts = write_labeled(source, table, staging, image_size, cfg.data.test_fraction, layout.downloads)
+    except SourceError as err:  # e.g. the files changed since validation
         return Prepared(False, str(err))
     return Prepared(True, report.summary(), counts)
 
 
-def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, flow_run_id: str | None = None) -> dict:
-    """Fine-tune, compare with training from scratch, save the classifier, open the MLflow run."""
-    import mlflow
-
+def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker) -> dict:
+    """Fine-tune, compare with training from scratch, save the classifier, log to ``tracker``'s run."""
     f = cfg.finetune
     labeled = load_labeled(layout.finetune_data)
     classes = load_classes(layout.finetune_data)
     train, test = (labeled["train_images"], labeled["train_labels"]), (labeled["test_images"], labeled["test_labels"])
     base = load_encoder(encoder.local_dir)
-    settings = finetune_settings(f)
-    device = resolve_device(f.device)
+    settings = f.settings()
+    device = torch.device(f.device)
     accuracy, classifier = finetune_accuracy(base, train, test, len(classes), settings, f.label_fraction, device=device)
     metrics: dict = {
         "test_acc": accuracy,
@@ -128,10 +127,9 @@ def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, flo
             "ssl_finetune_acc": ssl_acc,
             "scratch_acc": scratch_acc,
         }
-    save_classifier(classifier, layout.classifier, extra={"classes": classes, "encoder_uri": encoder.uri})
-    layout.finetune_reports.mkdir(parents=True, exist_ok=True)
-    metrics_file = layout.finetune_reports / "metrics.json"
-    metrics_file.write_text(json.dumps(metrics, indent=2))
+    with staged_dir(layout.classifier) as staging:
+        save_classifier(classifier, staging, extra={"classes": classes, "encoder_uri": encoder.uri})
+    metrics_file = write_json(layout.finetune_reports / "metrics.json", metrics)
 
     data_version = dvc_hash(layout.finetune_data)
     tags = {
@@ -143,43 +141,30 @@ def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, flo
         "data_version": data_version,
         "git_commit": git_commit(layout.root),
     }
-    if flow_run_id:
-        tags["prefect_flow_run_id"] = flow_run_id
-    use_store(layout.root, f.experiment)
-    with mlflow.start_run(run_name=f"finetune-{encoder.name}-v{encoder.version}", tags=tags) as run:
-        mlflow.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
-        mlflow.log_metrics({"test_acc": accuracy, "train_labels": metrics["train_labels"]})
-        if "compare" in metrics:
-            mlflow.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})
-        mlflow.log_artifact(str(metrics_file))
-        for report in sorted((layout.finetune_reports / "validation").glob("*.json")):
-            mlflow.log_artifact(str(report), artifact_path="validation")
-        run_id = run.info.run_id
-    save_run_id(layout.finetune_run_file, run_id)
-    return metrics | {"run_id": run_id, "encoder_uri": encoder.uri}
+    tracker.set_tags(tags)
+    tracker.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
+    tracker.log_metrics({"test_acc": accuracy, "train_labels": metrics["train_labels"]})
+    if "compare" in metrics:
+        tracker.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})
+    tracker.log_artifact(metrics_file)
+    for report in sorted((layout.finetune_reports / "validation").glob("*.json")):
+        tracker.log_artifact(report, "validation")
+    return metrics | {"run_id": tracker.run_id, "encoder_uri": encoder.uri, "tags": tags}
 
 
-def register_classifier_stage(layout: Layout, cfg: PipelineConfig) -> int:
+def register_classifier_stage(layout: Layout, cfg: PipelineConfig, finetuned: dict) -> int:
     """Log models/classifier/ to the finetune run and register a new version of ``finetune.model_name``."""
     import mlflow
 
     f = cfg.finetune
-    metrics = json.loads((layout.finetune_reports / "metrics.json").read_text())
-    with resumed_run(layout.root, layout.finetune_run_file, f.experiment) as run:
-        keep = ("encoder_model", "encoder_version", "encoder_uri", "encoder_run_id", "data_version", "git_commit")
-        tags = {k: run.data.tags.get(k, "") for k in keep} | {
-            "test_acc": f"{metrics['test_acc']:.4f}",
-            "label_fraction": str(metrics["label_fraction"]),
-        }
-        client = mlflow.MlflowClient()
-        model = mlflow.initialize_logged_model(name=f.model_name, source_run_id=run.info.run_id, tags=tags, model_type="ssl-classifier")
-        client.log_model_artifacts(model.model_id, str(layout.classifier))
-        mlflow.finalize_logged_model(model.model_id, "READY")
-        with registry_lock(layout.root):  # the registry's version numbering, as in the pipeline
-            version = mlflow.register_model(f"models:/{model.model_id}", f.model_name, tags=tags)
-        mlflow.set_tag("registered_version", version.version)
-    record = {"model_name": f.model_name, "version": int(version.version), "run_id": run.info.run_id, "encoder_uri": tags["encoder_uri"]}
-    (layout.finetune_reports / "registered.json").write_text(json.dumps(record, indent=2))
+    tags = finetuned["tags"] | {"test_acc": f"{finetuned['test_acc']:.4f}", "label_fraction": str(finetuned["label_fraction"])}
+    use_store(layout.root, f.experiment)
+    model_id = log_model_dir(layout.classifier, f.model_name, finetuned["run_id"], tags, "ssl-classifier")
+    with registry_lock(layout.root):  # the registry's version numbering, as in the pipeline
+        version = mlflow.register_model(f"models:/{model_id}", f.model_name, tags=tags)
+    mlflow.MlflowClient().set_tag(finetuned["run_id"], "registered_version", version.version)
+    record = {"model_name": f.model_name, "version": int(version.version), "run_id": finetuned["run_id"], "encoder_uri": tags["encoder_uri"]}
+    write_json(layout.finetune_reports / "registered.json", record)
     return int(version.version)
 
 
@@ -191,10 +176,3 @@ def load_registered_classifier(
 
     use_store(root or Path.cwd(), experiment)
     return load_classifier(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-
-
-# The Prefect tasks are the stage functions as-is (no caching: the inputs are a layout and a config).
-resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
-finetune_prepare_task = task(finetune_prepare_stage, name="prepare", cache_policy=NO_CACHE)
-finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
-register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)

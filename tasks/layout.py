@@ -1,6 +1,8 @@
 """Where each stage reads and writes, relative to the project root.
 
-Fixed paths keep ``dvc.yaml``, the flow and the CLI in agreement.
+Fixed paths keep ``dvc.yaml`` (generated from the declared stages), the flow and the CLI
+in agreement. Relative data paths in ``params.yaml`` resolve against the root too
+(:meth:`Layout.source`), whatever the current directory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ class Layout:
     @classmethod
     def at(cls, root: str | Path = ".") -> Layout:
         return cls(Path(root).resolve())
+
+    def source(self, value: str) -> str:
+        """A data source from the config: a relative path is relative to the root;
+        ``torchvision:NAME`` and absolute paths are kept as they are."""
+        if value.startswith("torchvision:") or Path(value).is_absolute():
+            return value
+        return str(self.root / value)
+
+    @property
+    def state(self) -> Path:  # the pipeline's own bookkeeping: stage fingerprints, the root lock
+        return self.root / ".sslpipe"
 
     @property
     def prepared(self) -> Path:
@@ -66,13 +79,25 @@ class Layout:
         return self.models / "checkpoint.pt"
 
     @property
-    def run_file(self) -> Path:  # the MLflow run that pretraining opened
-        return self.reports / "mlflow_run.json"
+    def augment_preview(self) -> Path:
+        return self.reports / "augment_preview.png"
+
+    @property
+    def pretrain_reports(self) -> Path:  # history.csv, curves.png
+        return self.reports / "pretrain"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def registered(self) -> Path:
+        return self.reports / "registered.json"
 
     # `sslpipe finetune` (flows/finetune.py): its own data, model, reports and MLflow run.
     @property
-    def finetune_data(self) -> Path:  # the labeled folder it was given, decoded
-        return self.prepared / "finetune"
+    def finetune_data(self) -> Path:  # the labeled folder it was given, decoded (not under prepared/, which ingest swaps whole)
+        return self.root / "data" / "finetune"
 
     @property
     def classifier(self) -> Path:  # weights.pt + config.json
@@ -81,7 +106,3 @@ class Layout:
     @property
     def finetune_reports(self) -> Path:
         return self.reports / "finetune"
-
-    @property
-    def finetune_run_file(self) -> Path:
-        return self.finetune_reports / "mlflow_run.json"

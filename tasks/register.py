@@ -1,63 +1,56 @@
 """Register stage: the encoder becomes a new version of ``ssl-encoder`` in MLflow.
 
-The model is an MLflow LoggedModel (linked to the pipeline's run) whose artifacts are
-``weights.pt`` + ``config.json``: no pickle anywhere. :func:`load_registered_encoder` is the one way back from the registry.
+The model is an MLflow LoggedModel (linked to the encoder's run) whose artifacts are
+``weights.pt`` + ``config.json``: no pickle anywhere. :func:`load_registered_encoder` is
+the one way back from the registry.
 
-Every new version gets ``register.alias`` (``@challenger``) and then goes through the
-promotion gate (tasks/promote.py), which may make it ``@champion``. The decision and both
-numbers are tags of the version and of the run, and are in ``reports/registered.json``.
+What is registered is checked first: the scores must be those of this encoder (its
+weights' sha256 and run id, recorded by evaluate). Every new version gets
+``register.alias`` (``@challenger``) and then goes through the promotion gate
+(tasks/promote.py), which may make it ``@champion``. The decision and both numbers are
+tags of the version and of the run, and are in ``reports/registered.json``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+import torch
 
-from ssl_models.encoder import CONFIG_FILE, Encoder, load_encoder
+from ssl_models.encoder import Encoder, load_encoder
+from tasks.atomic import write_json
 from tasks.config import PipelineConfig
-from tasks.layout import Layout
-from tasks.lineage import dvc_hash
+from tasks.context import StageContext
+from tasks.model_logging import log_model_dir
+from tasks.prepared import load_labeled
 from tasks.promote import gate, registry_lock
-from tasks.tracking import resumed_run, use_store
+from tasks.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
+from tasks.scoring import probe_accuracy, protocol_version
+from tasks.tracking import use_store
 
 
-def _champion_rescorer(layout: Layout, config: PipelineConfig):
+class MismatchedScores(Exception):
+    """The metrics are not those of the encoder about to be registered."""
+
+
+def _champion_rescorer(cfg: PipelineConfig, labeled_dir: str):
     """Re-evaluate a registered encoder on the current labeled set, by the evaluate protocol."""
 
     def rescore(model_version) -> float:
         import mlflow
 
-        from tasks.evaluate import load_labeled, probe_accuracy
-        from tasks.pretrain import resolve_device
-
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}")
-        device = resolve_device(config.pretrain.device)
-        return probe_accuracy(load_encoder(local), load_labeled(layout.labeled), config.evaluate, device)
+        return probe_accuracy(load_encoder(local), load_labeled(labeled_dir), cfg.evaluate, torch.device(cfg.pretrain.device))
 
     return rescore
 
 
-def gate_tags(layout: Layout, config: PipelineConfig, probe_acc: float) -> dict[str, str]:
+def gate_tags(cfg: PipelineConfig, eval_data_version: str, probe_acc: float) -> dict[str, str]:
     """What the gate compares: the exact score, and what it was measured on and how."""
-    from tasks.evaluate import protocol_version
-
-    return {"probe_acc": repr(probe_acc), "eval_data_version": dvc_hash(layout.labeled), "eval_protocol": protocol_version(config.evaluate)}
+    return {"probe_acc": repr(probe_acc), "eval_data_version": eval_data_version, "eval_protocol": protocol_version(cfg.evaluate)}
 
 
-def log_encoder_model(layout: Layout, model_name: str, run_id: str, tags: dict[str, str]) -> str:
-    """An MLflow 3 LoggedModel holding the two plain files, linked to the run; returns its id."""
-    import mlflow
-
-    model = mlflow.initialize_logged_model(name=model_name, source_run_id=run_id, tags=tags, model_type="ssl-encoder")
-    mlflow.MlflowClient().log_model_artifacts(model.model_id, str(layout.encoder))
-    mlflow.finalize_logged_model(model.model_id, "READY")
-    return model.model_id
-
-
-def register_and_gate(layout: Layout, config: PipelineConfig, model_id: str, tags: dict[str, str]):
+def register_and_gate(root: Path, cfg: PipelineConfig, model_id: str, tags: dict[str, str], labeled_dir: str):
     """Register the logged model as a new version with ``register.alias``, then the promotion gate.
 
     Both under one cross-process lock: concurrent runs neither share a champion to beat
@@ -65,48 +58,50 @@ def register_and_gate(layout: Layout, config: PipelineConfig, model_id: str, tag
     """
     import mlflow
 
-    cfg = config.register
+    r = cfg.register
     client = mlflow.MlflowClient()
-    with registry_lock(layout.root):
-        version = mlflow.register_model(f"models:/{model_id}", cfg.model_name, tags=tags)
-        client.set_registered_model_alias(cfg.model_name, cfg.alias, version.version)
-        decision = gate(client, cfg.model_name, version, float(tags["probe_acc"]), cfg.champion_alias, cfg.min_improvement, _champion_rescorer(layout, config))
+    with registry_lock(root):
+        version = mlflow.register_model(f"models:/{model_id}", r.model_name, tags=tags)
+        client.set_registered_model_alias(r.model_name, r.alias, version.version)
+        decision = gate(client, r.model_name, version, float(tags["probe_acc"]), r.champion_alias, r.min_improvement, _champion_rescorer(cfg, labeled_dir))
     return version, decision
 
 
-def register_stage(layout: Layout, config: PipelineConfig) -> dict:
-    """Log the encoder to the pipeline's run, register it with ``register.alias``, run the
-    promotion gate. Returns (and writes to reports/registered.json) what happened."""
-    import mlflow
+def check_scores_belong(pretrained: Pretrained, evaluation: Evaluation) -> None:
+    """Refuse to register scores of another encoder (a rerun, or another run's files)."""
+    actual = file_sha256(Path(pretrained.encoder_dir) / "weights.pt")
+    if actual != pretrained.weights_sha256:
+        raise MismatchedScores(f"{pretrained.encoder_dir}: the weights changed since pretraining finished (sha256 {actual[:12]}); run the pipeline again")
+    if (evaluation.encoder_sha256, evaluation.run_id) != (pretrained.weights_sha256, pretrained.run_id):
+        raise MismatchedScores(
+            f"the metrics score encoder {evaluation.encoder_sha256[:12]} of run {evaluation.run_id}, not the one to register "
+            f"({pretrained.weights_sha256[:12]}, run {pretrained.run_id}); run `sslpipe evaluate` again"
+        )
 
-    cfg = config.register
-    metrics = json.loads((layout.reports / "metrics.json").read_text())
-    encoder_config = json.loads((layout.encoder / CONFIG_FILE).read_text())
-    with resumed_run(layout.root, layout.run_file, cfg.experiment) as run:
-        tags = {
-            "data_version": run.data.tags.get("data_version", ""),
-            "git_commit": run.data.tags.get("git_commit", ""),
-            "method": encoder_config.get("method", ""),
-            "linear_probe_acc": f"{metrics['ssl']['linear_probe_acc']:.4f}",
-            "knn_acc": f"{metrics['ssl']['knn_acc']:.4f}",
-            **gate_tags(layout, config, float(metrics["ssl"]["linear_probe_acc"])),
-        }
-        model_id = log_encoder_model(layout, cfg.model_name, run.info.run_id, tags)
-        version, decision = register_and_gate(layout, config, model_id, tags)
-        mlflow.set_tag("registered_version", version.version)
-        mlflow.set_tags(decision.tags())
-        mlflow.log_metrics(decision.metrics())
-    record = {
-        "model_name": cfg.model_name,
-        "version": int(version.version),
-        "alias": cfg.alias,
-        "run_id": run.info.run_id,
-        "champion": decision.promoted,
-        "decision": decision.summary(),
-        "gate": decision.tags(),
+
+def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation) -> Registered:
+    """Log the encoder to its run, register it with ``register.alias``, run the promotion gate."""
+    cfg, tracker = ctx.cfg, ctx.tracker
+    check_scores_belong(pretrained, evaluation)
+    ssl = evaluation.metrics["ssl"]
+    tags = {
+        "data_version": tracker.tag("data_version"),
+        "git_commit": tracker.tag("git_commit"),
+        "method": pretrained.method,
+        "run_id": pretrained.run_id,
+        "weights_sha256": pretrained.weights_sha256,
+        "linear_probe_acc": f"{ssl['linear_probe_acc']:.4f}",
+        "knn_acc": f"{ssl['knn_acc']:.4f}",
+        **gate_tags(cfg, prepared.eval_data_version, float(ssl["linear_probe_acc"])),
     }
-    (layout.reports / "registered.json").write_text(json.dumps(record, indent=2))
-    return record
+    use_store(ctx.layout.root, cfg.register.experiment)
+    model_id = log_model_dir(pretrained.encoder_dir, cfg.register.model_name, pretrained.run_id, tags, "ssl-encoder")
+    version, decision = register_and_gate(ctx.layout.root, cfg, model_id, tags, prepared.labeled)
+    tracker.set_tags({"registered_version": version.version, **decision.tags()})
+    tracker.log_metrics(decision.metrics())
+    registered = Registered(cfg.register.model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())
+    write_json(ctx.layout.registered, registered.as_dict() | {"gate": decision.tags()})
+    return registered
 
 
 def load_registered_encoder(uri: str = "models:/ssl-encoder@champion", root: Path | None = None, experiment: str = "ssl-pipeline") -> Encoder:
@@ -116,8 +111,3 @@ def load_registered_encoder(uri: str = "models:/ssl-encoder@champion", root: Pat
     use_store(root or Path.cwd(), experiment)
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     return load_encoder(local)
-
-
-# The Prefect task is the stage function as-is. No result caching: inputs are a layout
-# and a config, and DVC already decides what is stale from content hashes.
-register_task = task(register_stage, name="register", cache_policy=NO_CACHE)

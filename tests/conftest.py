@@ -95,9 +95,9 @@ def prefect_server():
 
 
 def make_registrable_project(root: Path, probe_acc: float, data_seed: int = 0, encoder_seed: int = 0):
-    """What the register stage reads, without training: a width-4 encoder, a random 3-class
-    labeled set, metrics.json with the given probe accuracy, and a finished MLflow run
-    (in the store MLFLOW_TRACKING_URI names). Returns the Layout."""
+    """What the register stage reads, without training: a width-4 encoder with its finished
+    MLflow run (in the store MLFLOW_TRACKING_URI names), a random 3-class labeled set, and
+    metrics.json scoring that encoder with the given probe accuracy. Returns the Layout."""
     import json
 
     import mlflow
@@ -106,27 +106,47 @@ def make_registrable_project(root: Path, probe_acc: float, data_seed: int = 0, e
 
     from ssl_models.encoder import Encoder, save_encoder
     from tasks.layout import Layout
-    from tasks.tracking import save_run_id, use_store
+    from tasks.tracking import use_store
 
     layout = Layout.at(root)
+    use_store(layout.root, "ssl-pipeline")
+    with mlflow.start_run(tags={"data_version": f"data-{data_seed}"}) as run:
+        pass
     torch.manual_seed(encoder_seed)
-    save_encoder(Encoder("resnet18_cifar", {"width": 4}), layout.encoder, extra={"method": "simclr"})
+    save_encoder(Encoder("resnet18_cifar", {"width": 4}), layout.encoder, extra={"method": "simclr", "run_id": run.info.run_id})
     layout.labeled.mkdir(parents=True)
+    layout.unlabeled.mkdir(parents=True)
+    (layout.unlabeled / "counts.json").write_text(json.dumps({"unlabeled": 0}))
     rng = np.random.default_rng(data_seed)
     for split, n in (("train", 8), ("test", 4)):
         np.save(layout.labeled / f"{split}_images.npy", rng.integers(0, 256, (3 * n, 32, 32, 3), dtype=np.uint8))
         np.save(layout.labeled / f"{split}_labels.npy", np.repeat(np.arange(3), n))
     (layout.labeled / "classes.json").write_text(json.dumps(["a", "b", "c"]))
-    write_probe_metrics(layout.reports, probe_acc)
-    use_store(layout.root, "ssl-pipeline")
-    with mlflow.start_run() as run:
-        pass
-    save_run_id(layout.run_file, run.info.run_id)
+    (layout.labeled / "counts.json").write_text(json.dumps({"train": 24, "test": 12}))
+    write_probe_metrics(layout, probe_acc)
     return layout
 
 
-def write_probe_metrics(reports: Path, probe_acc: float) -> None:
+def write_probe_metrics(layout, probe_acc: float) -> None:
+    """reports/metrics.json scoring the layout's encoder with ``probe_acc``."""
     import json
 
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "metrics.json").write_text(json.dumps({"ssl": {"linear_probe_acc": probe_acc, "knn_acc": 0.5, "probe_weight_decay": 0.1}}))
+    from tasks.results import Pretrained
+
+    pretrained = Pretrained.load(layout)
+    layout.reports.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "ssl": {"linear_probe_acc": probe_acc, "knn_acc": 0.5, "probe_weight_decay": 0.1},
+        "encoder": {"sha256": pretrained.weights_sha256, "run_id": pretrained.run_id},
+    }
+    layout.metrics.write_text(json.dumps(metrics))
+
+
+def register_stage(layout, cfg) -> dict:
+    """The register stage as `sslpipe register` runs it; returns reports/registered.json."""
+    import json
+
+    from flows.stage_runner import run_alone
+
+    run_alone("register", layout, cfg.resolved(), progress=False)
+    return json.loads(layout.registered.read_text())

@@ -30,7 +30,7 @@ def _ran(output: str) -> set[str]:
 def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data, mlflow_store):
     root = tmp_path / "repo"
     root.mkdir()
-    for package in ("flows", "tasks", "ssl_models"):
+    for package in ("flows", "tasks", "ssl_models"):  # the code deps dvc.yaml lists
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
     for name, src in tiny_data.items():
@@ -60,3 +60,11 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     assert _ran(third) == {"pretrain", "evaluate", "register"}
     assert int(client.get_model_version_by_alias("ssl-encoder", "challenger").version) == 2
     assert "up to date" in _run("dvc", "status", cwd=root).lower()
+
+    # A helper module that stages import (not a stage module itself) is a code dep of each of them.
+    with open(root / "tasks" / "prepared.py", "a") as handle:
+        handle.write("\n# touched\n")
+    status = _run("dvc", "status", cwd=root)
+    stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
+    assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
+    assert "modified:           tasks/prepared.py" in status or "tasks/prepared.py" in status

@@ -57,3 +57,28 @@ def test_serve_without_a_server_explains_what_to_start(tmp_path):
     out = subprocess.run([str(BIN / "sslpipe"), "serve", "--cron", "0 3 * * *"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2
     assert "prefect server start" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_misspelt_method_fails_before_any_stage_and_writes_nothing(project):
+    out = sslpipe("run", "--set", "pretrain.method=simclrr", cwd=project)
+    assert out.returncode == 2
+    assert "unknown method 'simclrr'; valid methods:" in out.stderr and "simclr" in out.stderr
+    typo = sslpipe("run", "--set", "pretrain.method_params={temprature: 0.5}", cwd=project)
+    assert typo.returncode == 2 and "no hyperparameter 'temprature'" in typo.stderr
+    for result in (out, typo):
+        assert "Traceback" not in result.stderr + result.stdout
+    assert sorted(p.name for p in project.iterdir()) == ["input", "params.yaml"]
+
+
+def test_a_stage_without_its_inputs_names_what_is_missing(project):
+    out = sslpipe("ingest", cwd=project)
+    assert out.returncode == 2
+    assert "reports/validation/unlabeled.json: missing; run `sslpipe validate` first" in out.stderr
+    assert "Traceback" not in out.stderr
+    evaluate = sslpipe("evaluate", cwd=project)
+    assert evaluate.returncode == 2 and "run `sslpipe" in evaluate.stderr
+
+
+def test_a_missing_params_file_is_an_error(project):
+    out = sslpipe("validate", "--params", "nope.yaml", cwd=project)
+    assert out.returncode == 2 and "nope.yaml: no such parameter file" in out.stderr

@@ -65,7 +65,7 @@ def test_quarantine_trains_on_the_good_files_and_a_stop_changes_nothing(project,
     assert np.load(prepared / "images.npy").shape == (len(good), 32, 32, 3)
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
-    run = client.get_run(result["run_id"])
+    run = client.get_run(result["registered"].run_id)
     assert run.data.metrics["validation/unlabeled/fault/bomb"] == 2
     assert run.data.metrics["validation/unlabeled/accepted"] == len(good)
     assert 0 < run.data.metrics["validation/unlabeled/mean_r"] < 1

@@ -17,8 +17,7 @@ from ssl_models.encoder import load_encoder
 from ssl_models.finetune import load_classifier
 from tasks.config import load_config
 from tasks.finetune import load_registered_classifier
-from tasks.register import register_stage
-from tests.conftest import make_registrable_project
+from tests.conftest import make_registrable_project, register_stage
 
 BIN = Path(sys.executable).parent
 

@@ -34,15 +34,19 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency"}
+    assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency", "encoder"}
     for scores in (metrics[name] for name in ("ssl", "random_init", "raw_pixels")):
         assert 0 <= scores["linear_probe_acc"] <= 1 and 0 <= scores["knn_acc"] <= 1
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
-    run = client.get_run(result["run_id"])
+    registered = result["registered"]
+    run = client.get_run(registered.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["pretrain.epochs"] == "2"
     assert run.data.params["pretrain.method"] == "simclr"
+    # Resolved values, never "auto": what really ran.
+    assert "auto" not in run.data.params.values()
+    assert run.data.params["pretrain.optimizer"] == "sgd" and run.data.params["pretrain.device"] == "cpu"
     assert run.data.metrics["ssl/knn_acc"] == metrics["ssl"]["knn_acc"]
     assert len(client.get_metric_history(run.info.run_id, "pretrain/loss")) == 2
     for key in ("pretrain/lr", "pretrain/images_per_s", "pretrain/embedding_std", "pretrain/effective_rank"):
@@ -60,9 +64,9 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert [m.step for m in client.get_metric_history(run.info.run_id, "label_efficiency/scratch")] == [3, 6, 48]
 
     version = client.get_model_version_by_alias("ssl-encoder", "challenger")
-    assert int(version.version) == result["version"] == 1
+    assert int(version.version) == registered.version == 1
     # The first version is champion too, and the gate says so in the run and on the version.
-    assert set(version.aliases) == {"challenger", "champion"} and result["champion"] is True
+    assert set(version.aliases) == {"challenger", "champion"} and registered.champion is True
     assert version.tags["gate/reason"] == "first" and run.data.tags["gate/decision"] == "promoted"
     assert version.tags["method"] == "simclr"
     assert version.tags["data_version"] == run.data.tags["data_version"]
@@ -73,6 +77,17 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     local = load_encoder(project / "models" / "encoder")
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert torch.allclose(extract_features(from_registry, images), extract_features(local, images))
+
+    # Nothing changed: a second run skips every stage, trains and registers nothing, opens no run.
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    again = ssl_pipeline(config=load_config(project / "params.yaml"), root=str(project), return_state=True).result()
+    assert again["ran"] == {} and set(again["skipped"]) == STAGES
+    assert [int(v.version) for v in client.search_model_versions("name='ssl-encoder'")] == [1]
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
+    # A changed evaluate param reruns evaluate and register only, into the model's run.
+    changed = ssl_pipeline(config=load_config(project / "params.yaml", ["evaluate.knn_k=3"]), root=str(project), return_state=True).result()
+    assert set(changed["ran"]) == {"evaluate", "register"}
+    assert changed["registered"].run_id == registered.run_id and changed["registered"].version == 2
 
 
 def test_corrupt_file_stops_the_flow_before_training(project, mlflow_store, prefect_server):

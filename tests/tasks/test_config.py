@@ -46,6 +46,45 @@ def test_label_efficiency_curve_always_ends_at_all_labels():
     assert load_config(None, ["evaluate.label_fractions=[0.1, 0.01]"]).evaluate.label_fractions == [0.01, 0.1, 1.0]
 
 
+def test_params_yaml_is_the_defaults_written_out():
+    # One source of defaults: params.yaml is generated from the config (`sslpipe generate --params`).
+    from tasks.config import params_yaml
+    from tests.conftest import REPO
+
+    assert (REPO / "params.yaml").read_text() == params_yaml()
+
+
+def test_defaults_come_from_the_science_dataclasses():
+    from ssl_models.augment import ViewPolicy
+    from ssl_models.finetune import FinetuneSettings
+    from ssl_models.training import TrainSettings
+
+    cfg = PipelineConfig()
+    assert cfg.pretrain.epochs == TrainSettings().epochs and cfg.pretrain.batch_size == TrainSettings().batch_size
+    assert cfg.augment.policy(32) == ViewPolicy(size=32)
+    assert cfg.finetune.settings() == FinetuneSettings()
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("pretrain.method=simclrr", "unknown method 'simclrr'; valid methods: barlow_twins, byol"),
+        ("pretrain.method_params={temprature: 0.5}", "simclr has no hyperparameter 'temprature'; valid: projection_dim, hidden_dim, temperature"),
+    ],
+)
+def test_method_and_its_hyperparameters_are_checked_at_load(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("{", r"\{")):
+        load_config(None, [override])
+
+
+def test_resolved_config_has_no_auto():
+    for method in ("simclr", "mae", "vicreg"):
+        flat = load_config(None, [f"pretrain.method={method}"]).resolved().flat()
+        assert "auto" not in flat.values(), method
+    mae = load_config(None, ["pretrain.method=mae"]).resolved().pretrain
+    assert (mae.backbone, mae.optimizer, mae.lr) == ("vit_tiny", "adamw", 1.5e-3)
+
+
 @pytest.mark.parametrize("override", ["pretrain.method_params={a: [1", "data.unlabeled=*alias", "pretrain.lr=: x"])
 def test_yaml_error_in_an_override_is_a_config_error(override):
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -16,8 +16,9 @@ from PIL import Image
 
 from tasks import image_table
 from tasks.config import ValidateConfig
-from tasks.ingest import ingest_labeled, ingest_unlabeled
-from tasks.validate import check_source, validate_source
+from tasks.prepared import write_labeled as ingest_labeled
+from tasks.prepared import write_unlabeled as ingest_unlabeled
+from tasks.source_check import check_source, validate_source
 from tests import dirty_dump
 from tests.dirty_dump import EXPECTED, EXPECTED_WITHOUT_CONVERT, SKIPPED
 
@@ -216,9 +217,9 @@ def test_quarantined_labeled_files_are_left_out_of_the_evaluation_set(tmp_path, 
     shutil.copytree(tiny_data["labeled"], labeled)
     (labeled / "train" / "cat" / "broken.jpg").write_bytes(b"<html></html>")
     Image.new("RGB", (32, 32)).save(labeled / "test" / "ship" / "black.png")
-    report, _ = check_source(labeled, "labeled", ValidateConfig(min_images=8, **QUARANTINE), tmp_path / "out")
+    report, _ = check_source(labeled, "labeled", ValidateConfig(min_images=8, **QUARANTINE), tmp_path / "out", labeled=True)
     assert report.success and report.faults == {"not_an_image": 1, "blank": 1}
-    counts = ingest_labeled(labeled, tmp_path / "prepared", 32, table_csv=tmp_path / "out" / "labeled_table.csv")
+    counts = ingest_labeled(labeled, tmp_path / "out" / "labeled_table.csv", tmp_path / "prepared", 32)
     assert counts == {"train": 48, "test": 24}  # the fixture's own files, nothing else
 
 

@@ -7,14 +7,25 @@ import pytest
 from PIL import Image
 
 from tasks.config import ValidateConfig
-from tasks.ingest import ingest_labeled, ingest_unlabeled, load_rgb
+from tasks.atomic import staged_dir
+from tasks.prepared import accepted_rows, load_rgb
+from tasks.prepared import write_unlabeled as ingest_unlabeled
+from tasks.source_check import validate_source
 from tasks.sources import SourceError, export_dataset, list_images, open_source
-from tasks.validate import validate_source
 
 
-def _validated(source, out_dir):
-    validate_source(source, "unlabeled", ValidateConfig(min_images=1), out_dir)
-    return out_dir / "unlabeled_table.csv"
+def _validated(source, out_dir, name="unlabeled"):
+    validate_source(source, name, ValidateConfig(min_images=1), out_dir, labeled=name == "labeled")
+    return out_dir / f"{name}_table.csv"
+
+
+def ingest_labeled(source, out, size, test_fraction=0.2):
+    """Validate, then decode the accepted files, staged whole as ingest does."""
+    from tasks.prepared import write_labeled
+
+    table = _validated(source, out.parent / f".validation-{out.name}", "labeled")
+    with staged_dir(out) as staging:
+        return write_labeled(source, table, staging, size, test_fraction)
 
 
 def test_folder_is_walked_recursively_skipping_hidden_and_other_files(tmp_path, tiny_data):
@@ -71,12 +82,37 @@ def test_failed_ingest_leaves_previous_output_untouched(tmp_path, tiny_data):
     out = tmp_path / "out"
     ingest_labeled(tiny_data["labeled"], out, 32)
     before = (out / "train_images.npy").read_bytes()
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_data["labeled"], changed)
+    table = _validated(changed, tmp_path / "v", "labeled")
+    next((changed / "test" / "ship").glob("*.jpg")).write_bytes(b"now broken")  # changed since validation
+    with pytest.raises(SourceError, match="changed since validation"):
+        with staged_dir(out) as staging:
+            from tasks.prepared import write_labeled
+
+            write_labeled(changed, table, staging, 32)
+    assert (out / "train_images.npy").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []  # no staging left behind
+
+
+def test_a_labeled_set_with_one_class_fails_validation(tmp_path, tiny_data):
     one_class = tmp_path / "one"
     shutil.copytree(tiny_data["labeled"] / "train" / "cat", one_class / "cat")
-    with pytest.raises(SourceError, match="two class folders"):
-        ingest_labeled(one_class, out, 32)
-    assert (out / "train_images.npy").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+    report = validate_source(one_class, "labeled", ValidateConfig(min_images=1), tmp_path / "v", labeled=True)
+    assert not report.success and "at least two class folders, found ['cat']" in report.decision
+    empty_test = tmp_path / "split"
+    shutil.copytree(tiny_data["labeled"] / "train", empty_test / "train")
+    (empty_test / "test").mkdir()
+    report = validate_source(empty_test, "labeled", ValidateConfig(min_images=1), tmp_path / "v2", labeled=True)
+    assert not report.success and "the test split has no images" in report.decision
+
+
+def test_ingest_fails_closed_without_a_usable_table(tmp_path):
+    with pytest.raises(SourceError, match="no validation table"):
+        accepted_rows(tmp_path / "missing.csv")
+    (tmp_path / "old.csv").write_text("path,fault\na.jpg,\n")
+    with pytest.raises(SourceError, match="no 'accepted' column"):
+        accepted_rows(tmp_path / "old.csv")
 
 
 def test_missing_source_is_a_clear_error(tmp_path):

@@ -14,12 +14,15 @@ from mlflow import MlflowClient
 
 from ssl_models.encoder import load_encoder
 from tasks.config import load_config
-from tasks.evaluate import load_labeled, probe_accuracy
 from tasks.layout import Layout
+from tasks.model_logging import log_model_dir
+from tasks.prepared import load_labeled
 from tasks.promote import registry_lock
-from tasks.register import gate_tags, log_encoder_model, register_and_gate, register_stage
-from tasks.tracking import load_run_id, use_store
-from tests.conftest import make_registrable_project, write_probe_metrics
+from tasks.register import gate_tags, register_and_gate
+from tasks.results import Prepared, Pretrained
+from tasks.scoring import probe_accuracy
+from tasks.tracking import use_store
+from tests.conftest import make_registrable_project, register_stage, write_probe_metrics
 
 NAME = "ssl-encoder"
 BIN = Path(sys.executable).parent
@@ -78,7 +81,7 @@ def test_champion_scored_differently_is_re_evaluated_on_the_current_data(tmp_pat
     expected = probe_accuracy(
         load_encoder(tmp_path / "a" / "models" / "encoder"), load_labeled(b.labeled), cfg.evaluate, torch.device("cpu")
     )
-    write_probe_metrics(b.reports, expected + 0.1)
+    write_probe_metrics(b, expected + 0.1)
 
     record = register_stage(b, cfg)
 
@@ -91,13 +94,14 @@ def test_champion_scored_differently_is_re_evaluated_on_the_current_data(tmp_pat
 def _register_in_process(root: str, uri: str, probe_acc: float, barrier, results) -> None:
     """One pipeline's register stage, synchronised with the other right before the part that races."""
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    layout, config = Layout.at(root), load_config(None)
+    layout, config = Layout.at(root), load_config(None).resolved()
     use_store(layout.root, "ssl-pipeline")
-    tags = gate_tags(layout, config, probe_acc)
-    model_id = log_encoder_model(layout, NAME, load_run_id(layout.run_file), tags)
+    prepared, pretrained = Prepared.load(layout), Pretrained.load(layout)
+    tags = gate_tags(config, prepared.eval_data_version, probe_acc)
+    model_id = log_model_dir(pretrained.encoder_dir, NAME, pretrained.run_id, tags, "ssl-encoder")
     barrier.wait(timeout=300)  # both have logged their model; register + gate at the same moment
     results.put("ready")
-    version, decision = register_and_gate(layout, config, model_id, tags)
+    version, decision = register_and_gate(layout.root, config, model_id, tags, prepared.labeled)
     results.put({"version": int(version.version), "promoted": decision.promoted, "against": decision.champion_version})
 
 

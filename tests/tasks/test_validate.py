@@ -4,7 +4,8 @@ import shutil
 import pytest
 
 from tasks.config import ValidateConfig
-from tasks.validate import DataValidationError, raise_for_failures, validate_source
+from tasks.source_check import validate_source
+from tasks.validation_report import DataValidationError, raise_for_failures
 
 
 def test_clean_folder_passes(tmp_path, tiny_data):

@@ -1,0 +1,55 @@
+"""Running declared stages: which MLflow run each logs into, and one stage alone.
+
+The flow (flows/pipeline.py) runs them in order and passes results; a single stage
+command (``sslpipe ingest``, what ``dvc repro`` calls) rebuilds its inputs from the
+earlier stages' outputs with ``Result.load`` and runs just that stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tasks.config import PipelineConfig
+from tasks.context import StageContext
+from tasks.layout import Layout
+from tasks.stages import STAGES, Stage, mark_done
+from tasks.tracking import Tracker
+
+log = logging.getLogger("sslpipe")
+
+
+def run_name(prefix: str) -> str:
+    """Unique and readable: ``<prefix>-<yyyymmdd-hhmmss>``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def pipeline_tracker(layout: Layout, cfg: PipelineConfig, name: str, tags: dict[str, str] | None = None) -> Tracker:
+    """The run a pipeline run (or a stage run alone) owns; created when a stage first logs."""
+    return Tracker(layout.root, cfg.register.experiment, run_name=run_name(name), tags=tags, params=cfg.flat())
+
+
+def tracker_for(stage: Stage, layout: Layout, cfg: PipelineConfig, inputs: dict[str, object], own: Tracker) -> Tracker:
+    """Stages acting on a trained model log into that model's run; the others into ``own``."""
+    if stage.model_run:
+        run_id = inputs["pretrain"].run_id  # type: ignore[attr-defined]
+        if not (own.started and own.run_id == run_id):
+            return Tracker(layout.root, cfg.register.experiment, run_id=run_id)
+    return own
+
+
+def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = True):
+    """One stage as its own process would run it: inputs from disk, its own (or its model's) run."""
+    stage = STAGES[name]
+    inputs = {upstream: STAGES[upstream].result_type().load(layout) for upstream in stage.inputs}
+    own = pipeline_tracker(layout, cfg, f"{cfg.pretrain.method}-{name}" if name == "pretrain" else name, {"sslpipe.stage": name})
+    tracker = tracker_for(stage, layout, cfg, inputs, own)
+    try:
+        result = stage.load()(StageContext(layout, cfg, tracker, progress), *inputs.values())
+    except BaseException as err:
+        own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    own.end()
+    if getattr(result, "success", True):
+        mark_done(stage, layout.root, cfg)
+    return result

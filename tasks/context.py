@@ -1,0 +1,17 @@
+"""What every stage function gets besides its inputs: where, with which config, logging where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.config import PipelineConfig
+from tasks.layout import Layout
+from tasks.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class StageContext:
+    layout: Layout
+    cfg: PipelineConfig  # resolved: no "auto" left
+    tracker: Tracker  # the MLflow run this stage logs into
+    progress: bool = True  # progress bars on long work

@@ -1,0 +1,306 @@
+"""The pipeline, declared once.
+
+Each :class:`Stage` names its function, the earlier stages whose results it takes, the
+files it reads and writes, the params sections it depends on, and (found from the code,
+:func:`code_deps`) every project module it runs. From this one list come:
+
+- the Prefect flow (flows/pipeline.py), which passes results from stage to stage;
+- the CLI's stage commands (``sslpipe validate``, ...), which rebuild a stage's inputs from
+  the earlier stages' outputs (``Result.load``);
+- ``dvc.yaml`` (:func:`dvc_yaml`; ``sslpipe generate`` writes it, a test fails when the
+  committed file differs);
+- what is stale (:func:`fingerprint`): ``sslpipe run`` and scheduled runs skip a stage whose
+  code, params, inputs and outputs are what they were when it last succeeded, by the same
+  declared deps that DVC checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("tasks", "ssl_models", "flows")
+# Interface modules every stage imports: the config (its values reach a stage as params, which
+# are deps of their own), the context and the result types. Only their imports within tasks/
+# are followed, or every stage would rerun when any SSL method changes.
+LEAVES = ("tasks.config", "tasks.context", "tasks.results")
+
+
+@dataclass(frozen=True)
+class Out:
+    path: str
+    cache: bool = True  # False: reports kept in git, not in DVC's cache
+    persist: bool = False  # True: DVC keeps it between runs (the drift reference)
+    kind: str = "out"  # out | metric | plot
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    function: str  # "module:function", the typed stage function
+    help: str
+    inputs: tuple[str, ...] = ()  # earlier stages whose results it takes, in argument order
+    deps: tuple[str, ...] = ()  # files it reads; ${section.key} takes the path from the params
+    params: tuple[str, ...] = ()  # params sections or keys it depends on
+    outs: tuple[Out, ...] = ()
+    result: str = ""  # tasks.results class its function returns
+    model_run: bool = False  # logs into the run of the model it is given, not a run of its own
+    plots: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def module(self) -> str:
+        return self.function.split(":")[0]
+
+    def load(self) -> Callable:
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def result_type(self) -> type:
+        import tasks.results
+
+        return getattr(tasks.results, self.result)
+
+
+FINETUNE_RECIPE = ("finetune.steps", "finetune.batch_size", "finetune.lr", "finetune.weight_decay", "finetune.warmup_steps", "finetune.crop_scale_min", "finetune.flip_p", "finetune.seed")
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage(
+        "validate", "tasks.validate:validate",
+        "check the images with a Great Expectations checkpoint (reports/validation/)",
+        deps=("${data.unlabeled}", "${data.labeled}"),
+        params=("data.unlabeled", "data.labeled", "data.image_size", "validate"),
+        outs=(
+            Out("reports/validation", cache=False, note="reports, per-image tables (ingest reads `accepted`), Data Docs"),
+            Out("reports/quarantine.csv", cache=False, note="every bad file with its fault"),
+            Out("data/reference_stats.json", cache=False, persist=True, note="the drift reference: git-tracked, rewritten by each pass"),
+        ),
+        result="Validated",
+    ),
+    Stage(
+        "ingest", "tasks.ingest:ingest",
+        "decode validated images into data/prepared/ (the DVC-tracked training data)",
+        inputs=("validate",),
+        deps=("${data.unlabeled}", "${data.labeled}", "reports/validation"),
+        params=("data",),
+        outs=(Out("data/prepared/unlabeled", note="the training data; its DVC hash is the data version"), Out("data/prepared/labeled")),
+        result="Prepared",
+    ),
+    Stage(
+        "augment", "tasks.augment:augment",
+        "check the view policy and draw reports/augment_preview.png",
+        inputs=("ingest",),
+        deps=("data/prepared/unlabeled",),
+        params=("augment", "data.image_size", "pretrain.seed"),
+        outs=(Out("reports/augment_preview.png", cache=False),),
+        result="Preview",
+    ),
+    Stage(
+        "pretrain", "tasks.pretrain:pretrain",
+        "train the SSL method; writes models/encoder/ (its MLflow run id inside)",
+        inputs=("ingest", "augment"),
+        deps=("data/prepared/unlabeled", "reports/augment_preview.png"),
+        params=("pretrain", "augment", "data.image_size"),
+        outs=(Out("models/encoder"), Out("models/checkpoint.pt"), Out("reports/pretrain/curves.png", cache=False)),
+        plots=({"reports/pretrain/history.csv": {"cache": False, "x": "epoch", "y": "loss"}},),
+        result="Pretrained",
+    ),
+    Stage(
+        "evaluate", "tasks.evaluate:evaluate",
+        "linear probe and kNN for SSL, random-init and raw pixels (reports/metrics.json)",
+        inputs=("ingest", "pretrain"),
+        deps=("models/encoder", "data/prepared/labeled"),
+        params=("evaluate", "pretrain.device", "pretrain.seed", *FINETUNE_RECIPE),
+        outs=(
+            Out("reports/label_efficiency.csv", cache=False, note="drawn by the top-level plot"),
+            Out("reports/metrics.json", cache=False, kind="metric"),
+            Out("reports/evaluation.png", cache=False, kind="plot"),
+            Out("reports/label_efficiency.png", cache=False, kind="plot"),
+            Out("reports/embeddings.png", cache=False, kind="plot"),
+        ),
+        result="Evaluation",
+        model_run=True,
+    ),
+    Stage(
+        "register", "tasks.register:register",
+        "log the encoder to MLflow, register a new version, run the promotion gate",
+        inputs=("ingest", "pretrain", "evaluate"),
+        deps=("models/encoder", "reports/metrics.json", "data/prepared/labeled"),
+        params=("register", "evaluate", "pretrain.device"),
+        outs=(Out("reports/registered.json", cache=False),),
+        result="Registered",
+        model_run=True,
+    ),
+)
+
+STAGES = {stage.name: stage for stage in PIPELINE}
+
+
+# --- code deps: the project modules a stage runs, found from its imports --------------------
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    base = REPO.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Project modules ``path`` imports (at any depth in the file, so lazy imports count)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+    # importing a.b.c runs a/__init__.py and a/b/__init__.py too
+    return {".".join(name.split(".")[:i]) for name in found for i in range(1, len(name.split(".")) + 1)}
+
+
+@cache
+def code_deps(module: str) -> tuple[str, ...]:
+    """Every project source file ``module`` runs, relative to the repo, sorted."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        imports = _imports(path, name)
+        todo += sorted(m for m in imports if name not in LEAVES or m.startswith("tasks."))
+    return tuple(sorted({p.relative_to(REPO).as_posix() for p in seen.values()}))
+
+
+# --- dvc.yaml --------------------------------------------------------------------------------
+
+
+def dvc_yaml() -> str:
+    """``dvc.yaml`` for :data:`PIPELINE`: ``sslpipe <stage>`` per stage, code deps included."""
+    import yaml
+
+    stages: dict[str, Any] = {}
+    for stage in PIPELINE:
+        entry: dict[str, Any] = {"cmd": f"sslpipe {stage.name} -q", "deps": [*stage.deps, *code_deps(stage.module)], "params": list(stage.params)}
+        groups: dict[str, list] = {"outs": [], "metrics": [], "plots": []}
+        for out in stage.outs:
+            options = {k: v for k, v in (("cache", out.cache), ("persist", out.persist)) if v != Out.__dataclass_fields__[k].default}
+            groups[{"out": "outs", "metric": "metrics", "plot": "plots"}[out.kind]].append({out.path: options} if options else out.path)
+        groups["plots"] += list(stage.plots)
+        entry |= {key: value for key, value in groups.items() if value}
+        stages[stage.name] = entry
+    top_plots = [
+        {"label_efficiency": {"x": "fraction", "y": {"reports/label_efficiency.csv": ["ssl_finetune", "scratch"]}, "x_label": "share of train labels", "y_label": "test accuracy"}}
+    ]
+    header = (
+        "# Generated from tasks/stages.py by `sslpipe generate`: do not edit by hand.\n"
+        "# Each stage runs the same function as the Prefect flow (`sslpipe <stage>`); its deps list\n"
+        "# every project module it imports, so changing any of them reruns it.\n"
+        "# Run it with the venv on PATH: `make repro`, or `source .venv/bin/activate && dvc repro`.\n"
+    )
+    return header + yaml.safe_dump({"stages": stages, "plots": top_plots}, sort_keys=False, width=1000)
+
+
+# --- what is stale ------------------------------------------------------------------------------
+
+
+def _path_digest(path: Path) -> str:
+    """A cheap fingerprint of a file or folder: relative names, sizes and mtimes (as DVC's
+    state cache trusts them); content is hashed for small files so a touch alone does not count."""
+    digest = hashlib.sha256()
+    if not path.exists():
+        return "missing"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        name = file.relative_to(path).as_posix() if file != path else file.name
+        if stat.st_size <= 1 << 20:
+            digest.update(f"{name}\0".encode() + hashlib.md5(file.read_bytes()).digest())
+        else:
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _param(cfg_dict: dict, dotted: str) -> Any:
+    node: Any = cfg_dict
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _expand(dep: str, cfg_dict: dict) -> str:
+    if dep.startswith("${") and dep.endswith("}"):
+        return str(_param(cfg_dict, dep[2:-1]))
+    return dep
+
+
+def fingerprint(stage: Stage, root: Path, cfg) -> dict[str, str]:
+    """What a stage's result depends on, and what it wrote, as digests."""
+    cfg_dict = cfg.as_dict()
+    print_params = {name: _param(cfg_dict, name) for name in stage.params}
+    deps = {}
+    for dep in stage.deps:
+        value = _expand(dep, cfg_dict)
+        deps[value] = "torchvision" if value.startswith("torchvision:") else _path_digest(root / value)
+    code = {name: hashlib.md5((REPO / name).read_bytes()).hexdigest() for name in code_deps(stage.module)}
+    inputs = hashlib.sha256(json.dumps([print_params, deps, code], sort_keys=True, default=str).encode()).hexdigest()
+    outs = {out.path: _path_digest(root / out.path) for out in stage.outs}
+    return {"inputs": inputs, **{f"out:{path}": value for path, value in outs.items()}}
+
+
+def _record(root: Path, stage: Stage) -> Path:
+    return root / ".sslpipe" / "stages" / f"{stage.name}.json"
+
+
+def stale_reason(stage: Stage, root: Path, cfg) -> str | None:
+    """None when the stage is up to date, else why it must run."""
+    record = _record(root, stage)
+    if not record.exists():
+        return "never run here"
+    previous = json.loads(record.read_text())
+    now = fingerprint(stage, root, cfg)
+    if previous.get("inputs") != now["inputs"]:
+        return "its code, params or input data changed"
+    changed = [key.removeprefix("out:") for key in now if key != "inputs" and previous.get(key) != now[key]]
+    if changed:
+        return f"{', '.join(changed)} changed or went missing"
+    return None
+
+
+def mark_done(stage: Stage, root: Path, cfg) -> None:
+    from tasks.atomic import write_json
+
+    write_json(_record(root, stage), fingerprint(stage, root, cfg))
+
+
+def forget(root: Path, names: list[str]) -> None:
+    for name in names:
+        _record(root, STAGES[name]).unlink(missing_ok=True)
+
+
+def project_root_of_repo() -> Path:
+    return REPO
+
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
