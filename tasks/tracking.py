@@ -62,6 +62,8 @@ TAG_HOST, TAG_PID, TAG_ROOT, TAG_STARTED = "sslpipe.host", "sslpipe.pid", "sslpi
 
 # run id -> tracking URI of the runs this process has open (see tracked_run).
 _open_runs: dict[str, str] = {}
+# run id -> (status, tracking URI) of the runs this process ended FAILED or KILLED.
+_ended_unfinished: dict[str, tuple[str, str]] = {}
 
 
 def _process_started(pid: int) -> float | None:
@@ -129,13 +131,23 @@ def end_interrupted_runs(status: str = "KILLED") -> list[str]:
         mlflow.end_run(status)
     else:
         # A plain `with mlflow.start_run()` the interrupt went through has just ended it FAILED.
-        last = mlflow.last_active_run()
+        try:
+            last = mlflow.last_active_run()
+        except Exception:  # noqa: BLE001 - e.g. a run of another store than the current one
+            last = None
         if last is not None and last.info.status in ("RUNNING", "FAILED"):
             _open_runs.setdefault(last.info.run_id, mlflow.get_tracking_uri())
     ended = []
     for run_id, uri in list(_open_runs.items()):
         MlflowClient(uri).set_terminated(run_id, status=status)
         forget_open_run(run_id)
+        ended.append(run_id)
+    # Runs the interrupt already ended on its way out (a Tracker ends its run FAILED, say,
+    # on Prefect's TerminationSignal): the interrupt is why, so they end as ``status``.
+    for run_id, (ended_as, uri) in list(_ended_unfinished.items()):
+        if ended_as != status:
+            MlflowClient(uri).set_terminated(run_id, status=status)
+        del _ended_unfinished[run_id]
         ended.append(run_id)
     return ended
 
@@ -270,3 +282,5 @@ class Tracker:
         if self._run_id is not None:
             self.client.set_terminated(self._run_id, status)
             forget_open_run(self._run_id)
+            if status in ("FAILED", "KILLED"):  # maybe by an interrupt: see end_interrupted_runs
+                _ended_unfinished[self._run_id] = (status, self.client.tracking_uri)

@@ -29,8 +29,10 @@ def test_write_text_json_bytes_replace_whole(tmp_path):
 
 def test_unserialisable_json_leaves_the_old_file(tmp_path):
     write_json(tmp_path / "m.json", {"acc": 0.5})
-    with pytest.raises(TypeError):
-        write_json(tmp_path / "m.json", {"acc": object()})
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", circular)
     assert json.loads((tmp_path / "m.json").read_text()) == {"acc": 0.5}
     assert debris(tmp_path) == []
 

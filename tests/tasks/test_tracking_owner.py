@@ -82,3 +82,13 @@ def test_tag_new_runs_tags_a_plain_mlflow_run(tmp_path, mlflow_store, monkeypatc
         pass
     tags = MlflowClient(mlflow_store).get_run(run.info.run_id).data.tags
     assert tags[TAG_PID] == str(os.getpid()) and tags["sslpipe.root"] == str(tmp_path.resolve())
+
+
+def test_a_tracker_run_ended_failed_by_an_interrupt_ends_killed(tmp_path, mlflow_store):
+    from tasks.tracking import Tracker
+
+    tracker = Tracker(tmp_path, "ssl-pipeline")
+    run_id = tracker.run_id
+    tracker.end("FAILED")  # what a stage's clean-up does with Prefect's TerminationSignal
+    assert end_interrupted_runs() == [run_id]
+    assert MlflowClient(mlflow_store).get_run(run_id).info.status == "KILLED"
