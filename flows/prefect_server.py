@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 90.0  # first start (migrations) took 43 s on a busy 2-core machine
 PR_SET_PDEATHSIG = 1
 
 
