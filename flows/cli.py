@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace):
+    """The checked config; loaded once, before the root is locked or anything is written."""
+    if getattr(args, "config", None) is not None:
+        return args.config
     from tasks.config import ConfigError, load_config
 
     overrides = list(args.overrides)
@@ -112,9 +115,10 @@ def _config(args: argparse.Namespace):
     if not params.is_absolute():
         params = Path(args.root) / params
     try:
-        return load_config(params, overrides, missing_ok=args.params is None)
+        args.config = load_config(params, overrides, missing_ok=args.params is None)
     except ConfigError as err:
         raise ExpectedError(str(err)) from None
+    return args.config
 
 
 def _check_sources(cfg, root: str, keys=("data.unlabeled", "data.labeled")) -> None:
@@ -342,6 +346,7 @@ def _main(args: argparse.Namespace, guard) -> int:
         with contextlib.ExitStack() as stack:
             try:
                 if args.command in LOCKED:
+                    _config(args)  # a bad config fails here, before anything is locked, started or written
                     _prepare_root(args, stack, guard)
                 return COMMANDS.get(args.command, run_stage)(args)
             except BaseException as err:
