@@ -191,6 +191,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]  # every dim but the channels
         shape = [1, -1] + [1] * (x.dim() - 2)
+        x_in, x = x, x.float()  # statistics in float32, also under autocast
         count = all_reduce_with_grad(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = all_reduce_with_grad(x.sum(dims)) / count  # (C,)
         var = all_reduce_with_grad(((x - mean.view(shape)) ** 2).sum(dims)) / count  # biased, as BN
@@ -203,7 +204,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(x_in.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

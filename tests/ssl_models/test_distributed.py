@@ -275,3 +275,31 @@ def test_sync_batchnorm_is_plain_batchnorm_with_one_process():
     torch.testing.assert_close(synced(x), expected)
     with pytest.raises(ValueError, match="processes"):
         resolve_processes(0)
+
+
+def every_method_trains_two_steps(rank: int, world_size: int) -> dict[str, float]:
+    from ssl_models.methods import METHODS, build_method, default_backbone
+
+    tiny = {"resnet18_cifar": {"width": 4}, "vit_tiny": {"dim": 32, "depth": 1, "heads": 2}}
+    losses = {}
+    for name in METHODS:
+        torch.manual_seed(0)
+        backbone = default_backbone(name)
+        method = build_method(name, Encoder(backbone, tiny[backbone]), ViewPolicy())
+        step = wrap_for_training(method, "cpu")
+        optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)
+        torch.manual_seed(rank)
+        for i in range(2):  # DDP reports parameters left without a gradient at the second step
+            out = step(torch.rand(4, 3, 32, 32))
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            method.after_step((i + 1) / 2)
+        losses[name] = out.loss.item()
+    return losses
+
+
+@pytest.mark.slow
+def test_every_method_trains_under_ddp_on_two_processes():
+    ranks = launch(every_method_trains_two_steps, WORLD_SIZE)
+    assert all(torch.isfinite(torch.tensor(loss)) for r in ranks for loss in r.values())
