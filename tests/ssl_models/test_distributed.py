@@ -83,7 +83,8 @@ def tiny_simclr(view_a: torch.Tensor, view_b: torch.Tensor) -> SimCLR:
 
 def tiny_moco(view_a: torch.Tensor, view_b: torch.Tensor, bn_groups: int) -> MoCo:
     torch.manual_seed(0)
-    method = MoCo(Encoder("resnet18_cifar", {"width": 4}), ViewPolicy(), projection_dim=8, hidden_dim=16, queue_size=12, bn_groups=bn_groups)
+    encoder = Encoder("resnet18_cifar", {"width": 4})
+    method = MoCo(encoder, ViewPolicy(), projection_dim=8, hidden_dim=16, queue_size=12, bn_groups=bn_groups)
     method.views = FixedViews(view_a, view_b)
     return method
 
