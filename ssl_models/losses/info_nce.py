@@ -14,6 +14,11 @@ computed as a cross entropy with label 0. With ``queue=None`` the other keys of 
 batch are the negatives (label i for query i), which is what MoCo falls back to while
 its queue is still empty.
 
+Across processes (torch.distributed): with ``queue=None`` the keys of every rank are
+gathered (with gradients) as negatives, query i's positive being its own key at row
+``rank * n + i``; the mean over the ranks is then the loss of the global batch. A queue
+is the same on every rank (MoCo enqueues the gathered keys), so nothing is gathered.
+
 Example:
     >>> q, k, queue = torch.randn(8, 128), torch.randn(8, 128), torch.randn(4096, 128)
     >>> loss = info_nce_loss(q, k, queue, temperature=0.2)
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ssl_models.distributed import gather_with_grad, world
 
 
 def info_nce_loss(
@@ -40,8 +47,9 @@ def info_nce_loss(
     q = F.normalize(query, dim=1)
     k = F.normalize(key, dim=1)
     if queue is None:
-        logits = q @ k.T / temperature  # (N, N): the diagonal holds the positives
-        labels = torch.arange(q.shape[0], device=q.device)
+        rank = world()[0]
+        logits = q @ gather_with_grad(k).T / temperature  # (n, N): every rank's keys
+        labels = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]  # this rank's own keys
         return F.cross_entropy(logits, labels)
     positives = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
     negatives = q @ F.normalize(queue, dim=1).T  # (N, K)

@@ -47,6 +47,8 @@ from ssl_models.methods.base import StepOutput
 
 class BYOL(nn.Module):
     backbones = ("resnet18_cifar", "vit_tiny")
+    # Several processes: BN statistics of the global batch, as the paper (BYOL relies on BN's batch statistics).
+    sync_batchnorm = True
 
     def __init__(
         self,

@@ -29,6 +29,15 @@ content (the paper's section 3.3). As the paper does across GPUs, the batch is s
 into ``bn_groups`` groups for BN, and the keys are shuffled before the split, so a
 query and its key never share statistics.
 
+Across processes (torch.distributed), as the paper: ``bn_groups`` is the number of BN
+groups per process (so 2 processes with 2 groups each compute what one process with
+``bn_groups=4`` computes on their joint batch). For the keys, the key images of all
+ranks are gathered, shuffled by one permutation drawn on rank 0, and each rank
+encodes its slice (in its groups); the keys are then gathered back and unshuffled.
+The in-batch negatives of the first step are every rank's keys, and the queue
+enqueues every rank's keys, so it stays the same on every rank. No SyncBN: BN
+statistics per process are what shuffle-BN is about.
+
 Momentum: constant ``momentum``, as MoCo v2 (0.99 suits short runs; the paper's
 0.999 suits long ones), or with ``cosine_momentum`` increased from it to 1 over
 training (MoCo v3/BYOL). The cosine is off by default: over a run of a few hundred
@@ -52,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.augment import ViewPolicy
+from ssl_models.distributed import broadcast_from_main, gather, world
 from ssl_models.encoder import Encoder
 from ssl_models.losses.info_nce import info_nce_loss
 from ssl_models.methods.base import StepOutput
@@ -59,6 +69,8 @@ from ssl_models.methods.base import StepOutput
 
 class MoCo(nn.Module):
     backbones = ("resnet18_cifar", "vit_tiny")
+    # Several processes: per-process BN is the point of shuffle-BN (see above), so no SyncBN.
+    sync_batchnorm = False
 
     def __init__(
         self,
@@ -98,10 +110,17 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _key(self, x: torch.Tensor) -> torch.Tensor:
-        groups = min(self.bn_groups, x.shape[0] // 2) or 1
-        order = torch.randperm(x.shape[0], device=x.device)  # shuffle BN: another grouping
-        k = torch.cat([self.key_projector(self.key_encoder(c)) for c in x[order].chunk(groups)])
-        return F.normalize(k[order.argsort()], dim=1)  # unshuffle: row i is image i again
+        # x: (2n, 3, S, S), this rank's [views a; views b]
+        rank, world_size = world()
+        rows = x.shape[0]
+        groups = min(self.bn_groups, rows // 2) or 1
+        # The global batch in the order one process would hold it: [all views a; all views b].
+        x_all = _view_major(gather(x), world_size)  # (2N, 3, S, S)
+        order = broadcast_from_main(torch.randperm(x_all.shape[0], device=x.device))  # shuffle BN: another grouping
+        mine = x_all[order][rank * rows : (rank + 1) * rows]  # this rank encodes its slice of the shuffled batch
+        k = torch.cat([self.key_projector(self.key_encoder(c)) for c in mine.chunk(groups)])
+        k = gather(k)[order.argsort()]  # unshuffle: row i is image i again, view-major
+        return F.normalize(_rank_major(k, world_size)[rank], dim=1)  # (2n, D): this rank's keys
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
@@ -124,7 +143,7 @@ class MoCo(nn.Module):
         # The queue's filled slots are contiguous from 0 until it wraps, then all are filled.
         negatives = self.queue[:filled].clone() if filled else None  # clone: _enqueue edits in place
         loss = (info_nce_loss(q_a, k_b, negatives, self.temperature) + info_nce_loss(q_b, k_a, negatives, self.temperature)) / 2
-        self._enqueue(k_b)  # one key per image per step keeps the queue's images distinct
+        self._enqueue(gather(k_b))  # every rank's; one key per image per step keeps the queue's images distinct
         return StepOutput(loss, q_a.detach())
 
     @torch.no_grad()
@@ -137,3 +156,13 @@ class MoCo(nn.Module):
         target = [*self.key_encoder.parameters(), *self.key_projector.parameters()]
         for t, o in zip(target, online):
             t.mul_(m).add_(o.detach(), alpha=1 - m)  # theta' <- m theta' + (1 - m) theta
+
+
+def _view_major(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Gathered [a_0; b_0; a_1; b_1; ...] (rank-major) -> [a_0; a_1; ...; b_0; b_1; ...]."""
+    return x.unflatten(0, (world_size, 2, -1)).transpose(0, 1).flatten(0, 2)
+
+
+def _rank_major(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """[a_0; a_1; ...; b_0; b_1; ...] -> (world_size, 2n, ...): row r is [a_r; b_r]."""
+    return x.unflatten(0, (2, world_size, -1)).transpose(0, 1).flatten(1, 2)

@@ -24,6 +24,8 @@ from ssl_models.methods.base import StepOutput
 
 class SimCLR(nn.Module):
     backbones = ("resnet18_cifar",)
+    # Several processes: BN over the global batch, else each rank's BN statistics leak which views share a rank.
+    sync_batchnorm = True
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ from ssl_models.methods.base import StepOutput
 
 class SimSiam(nn.Module):
     backbones = ("resnet18_cifar", "vit_tiny")
+    # Several processes: BN statistics of the global batch, as the paper's SyncBN.
+    sync_batchnorm = True
 
     def __init__(
         self,

@@ -38,6 +38,8 @@ from ssl_models.methods.base import StepOutput
 
 class VICReg(nn.Module):
     backbones = ("resnet18_cifar", "vit_tiny")
+    # Several processes: BN statistics of the global batch, as the paper's SyncBN.
+    sync_batchnorm = True
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4}
 
     def __init__(
