@@ -54,6 +54,14 @@ def use_store(root: Path, experiment: str) -> str:
     return experiment_id
 
 
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens in its model-training view. MLflow 3.17's UI picks
+    GenAI or model training from a per-browser switch (default GenAI) unless the link says
+    ``workflowType``; the experiment kind tag alone does not decide it there."""
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
 def run_name(prefix: str, data_version: str | None = None, now: datetime | None = None) -> str:
     """A readable, unique MLflow run name: ``simclr-1a2b3c4d-20261128-142501-7f3e``
     (prefix, the first 8 characters of the data version, UTC time, 4 random hex digits so

@@ -32,7 +32,8 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8p
 table { border-collapse: collapse; width: 100%; margin: 6px 0; font-size: 13px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px; border-radius: 4px; word-break: break-all; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+td.rule code { white-space: nowrap; }
 .muted { color: #57606a; } .bad { color: #a40e26; font-weight: 600; }
 footer { margin-top: 32px; color: #57606a; font-size: 12px; }
 """
@@ -82,7 +83,7 @@ def _failures(title: str, failures: list[dict]) -> str:
         return ""
     body = _rows(
         [
-            f"<td><code>{escape(f['expectation'])}</code></td>",
+            f"<td class='rule'><code>{escape(f['expectation'])}</code></td>",
             _td(f.get("column") or ""),
             _td(f.get("observed") or f"{f.get('unexpected_count', 0)} bad"),
             _td("; ".join(f.get("examples") or [])),
@@ -131,7 +132,7 @@ def _composition(table) -> str:
     parts = []
     for column, title in (("format", "format"), ("mode", "mode")):
         if column in table.columns:
-            counts = table[column].fillna("?").astype(str).value_counts()
+            counts = table[column].fillna("unreadable").astype(str).value_counts()
             parts.append(f"<td><b>{title}</b><br>" + "<br>".join(f"<code>{escape(k)}</code> {v}" for k, v in counts.items()) + "</td>")
     if {"width", "height"} <= set(table.columns):
         w, h = table["width"].dropna(), table["height"].dropna()

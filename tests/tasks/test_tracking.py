@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import mlflow
 
-from tasks.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_name, use_store
+from tasks.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_name, ui_url, use_store
 
 
 def test_new_and_existing_experiments_are_marked_as_model_training(tmp_path, mlflow_store):
@@ -28,3 +28,7 @@ def test_run_names_are_readable_and_unique():
     assert name.startswith("simclr-1a2b3c4d-20261128-142501-")
     assert len({run_name("simclr", "1a2b3c4d5e6f.dir", when) for _ in range(50)}) > 45  # same second, still distinct
     assert run_name("finetune").startswith("finetune-20")
+
+
+def test_ui_links_open_the_model_training_view():
+    assert ui_url("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
