@@ -104,7 +104,6 @@ def test_a_served_interval_schedule_runs_the_pipeline_to_completion(tmp_path, pr
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "OMP_NUM_THREADS": "1",  # a shared 2-core runner: torch threads fighting other processes stall for minutes
         "PYTHONPATH": str(REPO),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
