@@ -85,6 +85,13 @@ def _log(model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], m
     return info.model_id
 
 
+def weights_dir(downloaded: str | Path) -> Path:
+    """The folder holding weights.pt + config.json in a downloaded model: ``artifacts/`` of a
+    pyfunc logged here, or the model folder itself for a version registered as plain files."""
+    downloaded = Path(downloaded)
+    return downloaded / "artifacts" if (downloaded / "artifacts" / WEIGHTS_FILE).exists() else downloaded
+
+
 def log_encoder_model(encoder_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example=None) -> str:
     """Log ``encoder_dir`` (weights.pt + config.json) as a servable MLflow model; returns its model id.
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from ssl_models.encoder import Encoder, load_encoder, save_encoder
 from ssl_models.finetune import Classifier, load_classifier, save_classifier
-from tasks.mlflow_model import describe_version, log_classifier_model, log_encoder_model, log_training_dataset, version_description
+from tasks.mlflow_model import weights_dir, describe_version, log_classifier_model, log_encoder_model, log_training_dataset, version_description
 from tasks.tracking import use_store
 
 IMAGES = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
@@ -78,6 +78,8 @@ def test_registered_encoder_loads_as_pyfunc_and_gives_the_encoders_embeddings(en
     requirements = (local / "requirements.txt").read_text().split()
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements and f"numpy=={np.__version__}" in requirements
     assert json.loads((local / "input_example.json").read_text())  # an example of the input is kept
+    # The plain files stay loadable without MLflow's loader, weights only.
+    np.testing.assert_allclose(load_encoder(weights_dir(local))(torch.from_numpy(IMAGES)).detach().numpy(), expected, rtol=0, atol=0)
 
 
 def test_classifier_loads_as_pyfunc_and_gives_its_logits(tmp_path, run_id):
