@@ -64,13 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the pipeline on a schedule (a Prefect deployment; needs a Prefect server)",
-        description="Register the pipeline as a Prefect deployment with a schedule and execute its runs until stopped. "
+        description="Register the pipeline on ROOT as a Prefect deployment with a schedule and execute its runs in this process until "
+        "stopped (or, with --pool, on a process work pool whose workers execute them). Each run reads ROOT's parameters at its start "
+        "and applies --set; one run at a time, a run due while one is active is skipped. "
         "Needs a real Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.",
     )
     serve.add_argument("--root", default=".", help="project root whose params.yaml each run reads (default: .)")
+    serve.add_argument("--params", default="params.yaml", help="parameter file, relative to the root (default: params.yaml)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter in every scheduled run (repeatable)")
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 every day)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS seconds")
+    serve.add_argument("--timezone", help="IANA timezone of the cron schedule, e.g. Europe/Berlin (default: UTC)")
+    serve.add_argument("--pool", metavar="NAME", help="register on this process work pool and return; `prefect worker start --pool NAME` runs it")
+    serve.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
     finetune = commands.add_parser(
         "finetune",
         help="fine-tune the champion encoder on a labeled folder and register ssl-classifier",
@@ -204,9 +211,26 @@ def serve(args: argparse.Namespace) -> int:
             "schedules need a Prefect server: start one with `prefect server start` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (the temporary server of `sslpipe run` cannot hold schedules)"
         )
-    from flows.deploy import serve_pipeline
+    root = Path(args.root).resolve()
+    params = Path(args.params) if Path(args.params).is_absolute() else root / args.params
+    if not params.exists():
+        raise ExpectedError(f"{params}: no such parameter file (--params, relative to --root {root})")
+    _config(argparse.Namespace(**{**vars(args), "root": str(root), "params": str(params)}))  # a bad --set fails now, not at 3 am
+    from flows import deploy
 
-    serve_pipeline(Path(args.root), args.cron, args.interval)
+    try:
+        schedule = deploy.schedule(args.cron, args.interval, args.timezone)
+    except ValueError as err:
+        raise ExpectedError(str(err)) from None
+    when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
+    tz = f" ({schedule.timezone})" if schedule.timezone else ""
+    if args.pool:
+        deployment_id = deploy.deploy_to_pool(args.pool, root, args.cron, args.interval, args.timezone, str(params), args.overrides, args.name)
+        print(f"deployment ssl-pipeline-scheduled/{args.name} ({deployment_id}) on work pool {args.pool!r}, {when}{tz}, root {root}")
+        print(f"start a worker to run it: prefect worker start --pool {args.pool}")
+        return 0
+    print(f"serving ssl-pipeline-scheduled/{args.name}: {when}{tz}, root {root}; Ctrl-C stops")
+    deploy.serve_pipeline(root, args.cron, args.interval, args.timezone, str(params), args.overrides, args.name)
     return 0
 
 

@@ -20,8 +20,16 @@ the current data with the same probe and that number is compared (and recorded w
 **Concurrency.** register -> read champion -> compare -> move alias runs under one
 cross-process file lock beside the sqlite store, and the champion is read inside it. Two
 runs finishing together are serialised: the second is compared with the first if the
-first won, so they cannot both beat the same champion, and both versions are kept. With
-a remote tracking server the lock (then in the project root) covers one machine only.
+first won, so they cannot both beat the same champion, and both versions are kept.
+
+A file lock covers one machine; machines sharing a tracking server meet only in the
+registry. So :func:`gate`, :func:`promote` and :func:`rollback` also hold
+:func:`champion_lock`, a lock in the registry itself: creating the registered model
+``<name>.gate-lock`` succeeds for exactly one caller (the database's unique name is the
+atomic compare-and-set MLflow offers; its tags cannot be swapped atomically). The holder
+keeps a lease on it (a heartbeat renews ``expires``) and deletes it when done; a lock whose
+lease ran out (its holder died) is taken over. After moving the alias the gate reads it
+back and fails loudly if it is not what it wrote.
 
 **Manual control.** ``promote VERSION`` and ``rollback``. Every change of champion pushes
 the previous one onto the registered model's ``champion_history`` tag; rollback pops it.
@@ -31,6 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import random
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +55,9 @@ from tasks.tracking import tracking_uri
 HISTORY_TAG = "champion_history"
 HISTORY_LIMIT = 50  # registry tag values are bounded; old history beyond this is dropped
 LOCK_TIMEOUT_S = 900  # a re-evaluation of the champion can take minutes on a CPU
+LOCK_SUFFIX = ".gate-lock"  # the registry-side lock of model NAME is the registered model NAME.gate-lock
+LEASE_S = 120  # a registry lock not renewed for this long belongs to a dead process
+HEARTBEAT_S = 20  # the holder renews its lease this often
 
 
 class PromotionError(Exception):
@@ -68,6 +85,72 @@ def registry_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]
             yield
     except Timeout:
         raise PromotionError(f"{path}: another process has held the model-registry lock for {timeout:.0f} s") from None
+
+
+def _lock_state(client, lock: str) -> dict[str, str] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(lock).tags)
+    except MlflowException:
+        return None
+
+
+def _renew(client, lock: str, token: str, stop: threading.Event) -> None:
+    """Heartbeat: push the lease forward while the holder works (a re-evaluation can be long)."""
+    while not stop.wait(HEARTBEAT_S):
+        state = _lock_state(client, lock)
+        if state is None or state.get("token") != token:
+            return  # taken over (we stalled past the lease); the alias read-back will tell
+        with contextlib.suppress(Exception):  # a missed beat is retried; the lease has slack
+            client.set_registered_model_tag(lock, "expires", repr(time.time() + LEASE_S))
+
+
+def _take_over_if_stale(client, lock: str) -> None:
+    """Delete a lock whose lease has run out: its holder died without releasing it."""
+    from mlflow.exceptions import MlflowException
+
+    state = _lock_state(client, lock)
+    if state and float(state.get("expires", "0")) < time.time():
+        with contextlib.suppress(MlflowException):  # another waiter may have deleted it first
+            client.delete_registered_model(lock)
+
+
+@contextlib.contextmanager
+def champion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the registry-side lock of ``name``: one holder at a time across every machine
+    that shares the registry. Waits with jittered exponential backoff; a clear error naming
+    the holder after ``timeout`` seconds."""
+    from mlflow.exceptions import MlflowException
+
+    lock, token = name + LOCK_SUFFIX, uuid.uuid4().hex
+    holder = f"{socket.gethostname()} pid {os.getpid()}"
+    deadline, delay = time.monotonic() + timeout, 0.1
+    while True:
+        tags = {"token": token, "holder": holder, "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "expires": repr(time.time() + LEASE_S)}
+        try:
+            client.create_registered_model(lock, tags=tags, description=f"promotion-gate lock of {name}, held by {holder}; deleted when done")
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        _take_over_if_stale(client, lock)
+        if time.monotonic() > deadline:
+            state = _lock_state(client, lock) or {}
+            raise PromotionError(f"registered model {lock} (the promotion-gate lock) has been held for {timeout:.0f} s by {state.get('holder', '?')} since {state.get('since', '?')}")
+        time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: waiters do not retry in lockstep
+        delay = min(delay * 2, 5.0)
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_renew, args=(client, lock, token, stop), daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
+        if (_lock_state(client, lock) or {}).get("token") == token:  # never delete a lock taken over
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
 
 
 @dataclass(frozen=True)
@@ -138,11 +221,20 @@ def _history(client, name: str) -> list[str]:
     return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
 
 
+def _check_alias(client, name: str, alias: str, version: str) -> None:
+    """Read the alias back: under the lock it holds what we wrote; anything else means a writer
+    that bypassed the lock, and must not pass silently."""
+    found = str(client.get_registered_model(name).aliases.get(alias))
+    if found != str(version):
+        raise PromotionError(f"{name}@{alias} reads version {found} right after it was set to {version}: another process moved it")
+
+
 def _set_champion(client, name: str, alias: str, version: str | int, previous: str | int | None) -> None:
     """Move ``alias`` to ``version``, remembering ``previous`` for rollback."""
     # MLflow hands version numbers out as str or int depending on the call; keep them str.
     version, previous = str(version), None if previous is None else str(previous)
     client.set_registered_model_alias(name, alias, version)
+    _check_alias(client, name, alias, version)
     if previous is not None and previous != version:
         history = (_history(client, name) + [previous])[-HISTORY_LIMIT:]
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
@@ -154,30 +246,43 @@ def gate(
 ) -> Decision:
     """Decide whether ``version`` (a ModelVersion) replaces the champion, and move the alias if so.
 
-    The caller holds :func:`registry_lock`. ``rescore(model_version)`` returns a champion's
+    The caller holds :func:`registry_lock` (this machine); the gate takes :func:`champion_lock`
+    (every machine sharing the registry). ``rescore(model_version)`` returns a champion's
     probe accuracy on the current evaluation data; it is only called when the champion
     was scored on other data.
     """
-    champion = current_champion(client, name, alias)
-    if champion is None:
-        decision = Decision(True, "first", int(version.version), challenger_acc, None, None, False, min_improvement)
-    else:
-        reevaluated = not comparable(champion, version)
-        champion_acc = rescore(champion) if reevaluated else float(champion.tags["probe_acc"])
-        promoted = beats(challenger_acc, champion_acc, min_improvement)
-        reason = "better" if promoted else "not_better"
-        decision = Decision(
-            promoted, reason, int(version.version), challenger_acc, int(champion.version), champion_acc, reevaluated, min_improvement
-        )
-    if decision.promoted:
-        _set_champion(client, name, alias, version.version, None if champion is None else champion.version)
-    for key, value in decision.tags().items():
-        client.set_model_version_tag(name, version.version, key, value)
+    with champion_lock(client, name):
+        champion = current_champion(client, name, alias)
+        if champion is None:
+            decision = Decision(True, "first", int(version.version), challenger_acc, None, None, False, min_improvement)
+        else:
+            reevaluated = not comparable(champion, version)
+            champion_acc = rescore(champion) if reevaluated else float(champion.tags["probe_acc"])
+            promoted = beats(challenger_acc, champion_acc, min_improvement)
+            reason = "better" if promoted else "not_better"
+            decision = Decision(
+                promoted, reason, int(version.version), challenger_acc, int(champion.version), champion_acc, reevaluated, min_improvement
+            )
+        if decision.promoted:
+            _set_champion(client, name, alias, version.version, None if champion is None else champion.version)
+        for key, value in decision.tags().items():
+            client.set_model_version_tag(name, version.version, key, value)
     return decision
 
 
 def promote(client, name: str, version: str, alias: str) -> str | None:
     """Make ``version`` the champion by hand; returns the previous champion's version (or None)."""
+    with champion_lock(client, name):
+        return _promote(client, name, version, alias)
+
+
+def rollback(client, name: str, alias: str) -> tuple[str, str | None]:
+    """Move ``alias`` back to the champion before the current one; returns (restored, replaced)."""
+    with champion_lock(client, name):
+        return _rollback(client, name, alias)
+
+
+def _promote(client, name: str, version: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -198,8 +303,7 @@ def promote(client, name: str, version: str, alias: str) -> str | None:
     return None if previous is None else str(previous.version)
 
 
-def rollback(client, name: str, alias: str) -> tuple[str, str | None]:
-    """Move ``alias`` back to the champion before the current one; returns (restored, replaced)."""
+def _rollback(client, name: str, alias: str) -> tuple[str, str | None]:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -215,5 +319,6 @@ def rollback(client, name: str, alias: str) -> tuple[str, str | None]:
         raise PromotionError(f"cannot roll back: {name} version {restored} (the previous @{alias}) no longer exists") from None
     replaced = current_champion(client, name, alias)
     client.set_registered_model_alias(name, alias, restored)
+    _check_alias(client, name, alias, restored)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
     return restored, None if replaced is None else str(replaced.version)

@@ -24,12 +24,16 @@ import json
 import os
 import socket
 import time
+import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 DEFAULT_DB = "mlflow.db"
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view; ours train models.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(root: Path) -> str:
@@ -45,16 +49,40 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def use_store(root: Path, experiment: str) -> str:
-    """Point MLflow at the store and experiment; returns the experiment id."""
+    """Point MLflow at the store and experiment (marked as model training, also when it was
+    created without the mark); returns the experiment id."""
     import mlflow
 
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+    if found is None:
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri), tags=tags)
+    else:
+        experiment_id = found.experiment_id
+        if EXPERIMENT_KIND_TAG not in found.tags:  # a kind someone chose in the UI is left alone
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens in its model-training view. MLflow 3.17's UI picks
+    GenAI or model training from a per-browser switch (default GenAI) unless the link says
+    ``workflowType``; the experiment kind tag alone does not decide it there."""
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
+def run_name(prefix: str, data_version: str | None = None, now: datetime | None = None) -> str:
+    """A readable, unique MLflow run name: ``simclr-1a2b3c4d-20261128-142501-7f3e``
+    (prefix, the first 8 characters of the data version, UTC time, 4 random hex digits so
+    that two runs started in the same second still differ)."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    parts = [prefix, (data_version or "")[:8], stamp, secrets.token_hex(2)]
+    return "-".join(p for p in parts if p)
 
 
 # Owner tags: which process on which host opened a run for which root.
