@@ -8,20 +8,14 @@ earlier stages' outputs with ``Result.load`` and runs just that stage.
 from __future__ import annotations
 
 import logging
-import time
 
 from tasks.config import PipelineConfig
 from tasks.context import StageContext
 from tasks.layout import Layout
 from tasks.stages import STAGES, Stage, mark_done
-from tasks.tracking import Tracker
+from tasks.tracking import Tracker, run_name
 
 log = logging.getLogger("sslpipe")
-
-
-def run_name(prefix: str) -> str:
-    """Unique and readable: ``<prefix>-<yyyymmdd-hhmmss>``."""
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def pipeline_tracker(layout: Layout, cfg: PipelineConfig, name: str, tags: dict[str, str] | None = None) -> Tracker:

@@ -2,7 +2,7 @@
 
 Views are made on the fly during pretraining (on the training device), so this stage
 writes no data: it proves the policy behaves and shows it, as
-``reports/augment_preview.png`` (row 1 originals, rows 2-3 two views of each).
+``reports/augment_preview.png`` (rows: original, view 1, view 2).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 from ssl_models.augment import ViewPolicy
 from tasks.context import StageContext
+from tasks.plots import augment_preview
 from tasks.prepared import preview_images
 from tasks.results import Prepared, Preview
 
@@ -35,15 +36,12 @@ def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(ctx: StageContext, prepared: Prepared) -> Preview:
-    """Check the policy on the first training images; save and log ``reports/augment_preview.png``."""
-    from torchvision.utils import save_image
-
-    from tasks.atomic import save_with
-
+    """Check the policy on the first training images; save and log ``reports/augment_preview.png``
+    (rows: original, view 1, view 2)."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.pretrain.seed)
     images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
     views = check_views(cfg.augment.policy(cfg.data.image_size), images)
-    out = save_with(ctx.layout.augment_preview, lambda tmp: save_image(torch.cat([images, views]), tmp, nrow=len(images), padding=2, format="png"))
+    out = augment_preview(images, views[: len(images)], views[len(images) :], ctx.layout.augment_preview)
     ctx.tracker.log_artifact(out, "augment")
     return Preview(str(out))

@@ -29,7 +29,7 @@ from tasks.atomic import staged_dir, write_json
 from tasks.config import PipelineConfig
 from tasks.layout import Layout
 from tasks.lineage import dvc_hash, git_commit
-from tasks.model_logging import log_model_dir
+from tasks.mlflow_model import log_classifier_model, weights_dir
 from tasks.prepared import load_classes, load_labeled, write_labeled
 from tasks.promote import current_champion, registry_lock
 from tasks.source_check import validate_source
@@ -71,7 +71,7 @@ def resolve_encoder_stage(layout: Layout, cfg: PipelineConfig) -> EncoderRef | N
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     # Download the pinned version, not the alias: the alias may move while we train.
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target))
+    local = weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target)))
     image_size = int(json.loads((Path(local) / CONFIG_FILE).read_text()).get("image_size", 32))
     return EncoderRef(name, str(version.version), alias, version.run_id or "", str(local), image_size)
 
@@ -159,7 +159,7 @@ def register_classifier_stage(layout: Layout, cfg: PipelineConfig, finetuned: di
     f = cfg.finetune
     tags = finetuned["tags"] | {"test_acc": f"{finetuned['test_acc']:.4f}", "label_fraction": str(finetuned["label_fraction"])}
     use_store(layout.root, f.experiment)
-    model_id = log_model_dir(layout.classifier, f.model_name, finetuned["run_id"], tags, "ssl-classifier")
+    model_id = log_classifier_model(layout.classifier, f.model_name, finetuned["run_id"], tags)
     with registry_lock(layout.root):  # the registry's version numbering, as in the pipeline
         version = mlflow.register_model(f"models:/{model_id}", f.model_name, tags=tags)
     mlflow.MlflowClient().set_tag(finetuned["run_id"], "registered_version", version.version)
@@ -175,4 +175,4 @@ def load_registered_classifier(
     import mlflow
 
     use_store(root or Path.cwd(), experiment)
-    return load_classifier(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return load_classifier(weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=uri)))

@@ -20,8 +20,10 @@ def _pyplot():
 
 
 def _save(plt, fig, path: Path) -> Path:
+    from tasks.atomic import save_with
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png"))  # all or nothing
     plt.close(fig)  # pyplot keeps every open figure alive otherwise
     return path
 

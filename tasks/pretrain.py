@@ -16,6 +16,7 @@ from ssl_models.training import EpochStats, pretrain as train
 from tasks.atomic import staged_dir, write_rows
 from tasks.context import StageContext
 from tasks.lineage import git_commit
+from tasks.mlflow_model import log_training_dataset
 from tasks.plots import training_curves
 from tasks.prepared import load_unlabeled
 from tasks.results import Prepared, Pretrained, Preview, file_sha256
@@ -34,6 +35,7 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
     tracker.set_tags(
         {"git_commit": git_commit(layout.root), "data_version": prepared.data_version, "method": p.method, "backbone": p.backbone, "device": p.device, "images": len(images)}
     )
+    log_training_dataset("unlabeled", prepared.data_version, cfg.data.unlabeled, len(images), tracker.run_id)
     log.info("pretraining %s on %d images, %s, %s", p.method, len(images), p.device, p.backbone)
 
     def on_epoch_end(stats: EpochStats) -> None:

@@ -1,8 +1,10 @@
 """Register stage: the encoder becomes a new version of ``ssl-encoder`` in MLflow.
 
-The model is an MLflow LoggedModel (linked to the encoder's run) whose artifacts are
-``weights.pt`` + ``config.json``: no pickle anywhere. :func:`load_registered_encoder` is
-the one way back from the registry.
+The model is an MLflow model (tasks/mlflow_model.py: a models-from-code pyfunc over
+``weights.pt`` + ``config.json``, linked to the encoder's run, with a signature and an input
+example) that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load without pickle;
+:func:`load_registered_encoder` gives back the torch module. The version's description holds
+the evaluation table and the gate's decision.
 
 What is registered is checked first: the scores must be those of this encoder (its
 weights' sha256 and run id, recorded by evaluate). Every new version gets
@@ -21,11 +23,11 @@ from ssl_models.encoder import Encoder, load_encoder
 from tasks.atomic import write_json
 from tasks.config import PipelineConfig
 from tasks.context import StageContext
-from tasks.model_logging import log_model_dir
+from tasks.mlflow_model import describe_version, log_encoder_model, version_description, weights_dir
 from tasks.prepared import load_labeled
 from tasks.promote import gate, registry_lock
 from tasks.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
-from tasks.scoring import probe_accuracy, protocol_version
+from tasks.scoring import probe_accuracy, protocol_version, summary_table
 from tasks.tracking import use_store
 
 
@@ -40,7 +42,7 @@ def _champion_rescorer(cfg: PipelineConfig, labeled_dir: str):
         import mlflow
 
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}")
-        return probe_accuracy(load_encoder(local), load_labeled(labeled_dir), cfg.evaluate, torch.device(cfg.pretrain.device))
+        return probe_accuracy(load_encoder(weights_dir(local)), load_labeled(labeled_dir), cfg.evaluate, torch.device(cfg.pretrain.device))
 
     return rescore
 
@@ -95,8 +97,14 @@ def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, eval
         **gate_tags(cfg, prepared.eval_data_version, float(ssl["linear_probe_acc"])),
     }
     use_store(ctx.layout.root, cfg.register.experiment)
-    model_id = log_model_dir(pretrained.encoder_dir, cfg.register.model_name, pretrained.run_id, tags, "ssl-encoder")
+    # A real input example: two evaluation images, as the model takes them (float in [0, 1]).
+    example = load_labeled(prepared.labeled)["test_images"][:2].float().div(255).numpy()
+    model_id = log_encoder_model(pretrained.encoder_dir, cfg.register.model_name, pretrained.run_id, tags, input_example=example)
     version, decision = register_and_gate(ctx.layout.root, cfg, model_id, tags, prepared.labeled)
+    import mlflow
+
+    facts = {"data version": tags["data_version"], "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
+    describe_version(mlflow.MlflowClient(), cfg.register.model_name, version.version, version_description(decision.summary(), summary_table(evaluation.metrics), facts))
     tracker.set_tags({"registered_version": version.version, **decision.tags()})
     tracker.log_metrics(decision.metrics())
     registered = Registered(cfg.register.model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())
@@ -110,4 +118,4 @@ def load_registered_encoder(uri: str = "models:/ssl-encoder@champion", root: Pat
 
     use_store(root or Path.cwd(), experiment)
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    return load_encoder(local)
+    return load_encoder(weights_dir(local))

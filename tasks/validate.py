@@ -1,7 +1,8 @@
 """Validate stage: both sources through the GX checkpoint (tasks/source_check.py).
 
-Nothing is trained on data that did not pass. Writes, per source, the report, the table
-with its ``accepted`` column and GX Data Docs under ``reports/validation/``, every bad file
+Nothing is trained on data that did not pass. Writes, per source, the report (JSON, and a
+self-contained HTML page), the table with its ``accepted`` column and GX Data Docs under
+``reports/validation/``, every bad file
 in ``reports/quarantine.csv``, and logs them all into the run. Bad data is a result
 (``Validated.success`` is False), not an exception: the flow ends Failed with the report,
 the CLI prints it and exits 2.
@@ -10,12 +11,15 @@ the CLI prints it and exits 2.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pandas as pd
 
+from tasks.atomic import write_text
 from tasks.context import StageContext
 from tasks.results import Validated
 from tasks.source_check import check_source, write_csv
+from tasks.validation_html import render
 from tasks.validation_report import report_metrics
 
 
@@ -30,11 +34,14 @@ def validate(ctx: StageContext) -> Validated:
         )  # fmt: skip
         reports.append(report)
         bad.append(table.loc[table["fault"].notna(), ["path", "fault", "detail"]].assign(dataset=name))
+        # Readable offline (GX Data Docs load their assets from CDNs): one self-contained page.
+        write_text(layout.validation / f"{name}.html", render(asdict(report), table, run_name=ctx.tracker.run_name, data_docs=report.data_docs))
     write_csv(pd.concat(bad, ignore_index=True), layout.quarantine)
 
     tracker = ctx.tracker
     for report in reports:
         tracker.log_artifact(layout.validation / f"{report.name}.json", "validation")
+        tracker.log_artifact(layout.validation / f"{report.name}.html", "validation")
         tracker.log_metrics(report_metrics(json.loads((layout.validation / f"{report.name}.json").read_text())))
         tracker.log_artifacts(layout.validation / "data_docs" / report.name, f"validation/data_docs/{report.name}")
     tracker.log_artifact(layout.quarantine, "validation")

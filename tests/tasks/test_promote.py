@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from ssl_models.encoder import load_encoder
 from tasks.config import load_config
 from tasks.layout import Layout
-from tasks.model_logging import log_model_dir
+from tasks.mlflow_model import log_encoder_model
 from tasks.prepared import load_labeled
 from tasks.promote import registry_lock
 from tasks.register import gate_tags, register_and_gate
@@ -98,7 +98,7 @@ def _register_in_process(root: str, uri: str, probe_acc: float, barrier, results
     use_store(layout.root, "ssl-pipeline")
     prepared, pretrained = Prepared.load(layout), Pretrained.load(layout)
     tags = gate_tags(config, prepared.eval_data_version, probe_acc)
-    model_id = log_model_dir(pretrained.encoder_dir, NAME, pretrained.run_id, tags, "ssl-encoder")
+    model_id = log_encoder_model(pretrained.encoder_dir, NAME, pretrained.run_id, tags)
     barrier.wait(timeout=300)  # both have logged their model; register + gate at the same moment
     results.put("ready")
     version, decision = register_and_gate(layout.root, config, model_id, tags, prepared.labeled)
