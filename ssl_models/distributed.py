@@ -29,7 +29,8 @@ How the training loop uses this (the recipe the pretrain stage follows):
         for batch in loader:                     # local batch = global batch / world_size
             out = step(batch)                    # instead of method.training_step(batch)
             optimizer.zero_grad(); out.loss.backward(); optimizer.step()
-            method.after_step(progress)          # the plain method: EMA updates etc.
+            if hasattr(method, "after_step"):    # the plain method: EMA updates (BYOL, MoCo)
+                method.after_step(progress)
         if is_main(): log metrics, write checkpoints and the encoder (``method``, no
             "module." prefix); other ranks write nothing.
 

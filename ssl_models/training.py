@@ -151,7 +151,8 @@ def pretrain(
             optimizer.step()
             scheduler.step()
             step += 1
-            method.after_step(step / total_steps)
+            if hasattr(method, "after_step"):  # momentum encoders (BYOL, MoCo); most methods have none
+                method.after_step(step / total_steps)
             losses.append(out.loss.detach())
             if len(monitored) * batch_size < 2048:
                 monitored.append(out.embeddings.detach())

@@ -72,6 +72,3 @@ class BarlowTwins(nn.Module):
         # uneven scales that look like collapse to the monitor while C stays healthy.
         monitored = (z_a - z_a.mean(0)) / z_a.std(0).clamp_min(1e-6)
         return StepOutput(barlow_twins_loss(z_a, z_b, self.lambda_offdiag), monitored.detach())
-
-    def after_step(self, progress: float) -> None:
-        """Barlow Twins has no momentum parts; nothing to update."""

@@ -5,10 +5,10 @@ A method is an ``nn.Module`` with:
     backbones                     tuple of backbone names it works with, preferred first
     training_step(images)         images (B, 3, H, W) float in [0, 1] on the device
                                   -> StepOutput(loss, embeddings)
-    after_step(progress)          called after each optimiser step with progress in
-                                  [0, 1]: momentum encoders and schedules update here
 
-Optional: ``lr_scales``, a dict from submodule name to a factor on the learning rate
+Optional: ``after_step(progress)``, called after each optimiser step with progress in
+[0, 1] when a method has one (momentum encoders and schedules update there: BYOL, MoCo);
+``lr_scales``, a dict from submodule name to a factor on the learning rate
 of that submodule's parameters (SimSiam's faster predictor).
 
 ``embeddings`` (B, D) is what collapse monitoring watches: the projector output for
@@ -34,8 +34,6 @@ class SSLMethod(Protocol):
     backbones: tuple[str, ...]
 
     def training_step(self, images: torch.Tensor) -> StepOutput: ...
-
-    def after_step(self, progress: float) -> None: ...
 
     # nn.Module's own API, used by the training loop
     def parameters(self, recurse: bool = True): ...

@@ -33,7 +33,6 @@ cosine) is used; the paper uses LARS, lr 0.2 per 256, wd 1.5e-6.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -43,6 +42,7 @@ from ssl_models.encoder import Encoder
 from ssl_models.heads import PredictionHead, ProjectionHead
 from ssl_models.losses.neg_cosine import byol_loss
 from ssl_models.methods.base import StepOutput
+from ssl_models.momentum import cosine_schedule, update_momentum
 
 
 class BYOL(nn.Module):
@@ -86,8 +86,5 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """EMA of the online network into the target, tau rising to 1 by a cosine."""
-        tau = 1 - (1 - self.tau_base) * (math.cos(math.pi * progress) + 1) / 2
-        online = [*self.encoder.parameters(), *self.projector.parameters()]
-        target = [*self.target_encoder.parameters(), *self.target_projector.parameters()]
-        for t, o in zip(target, online):
-            t.mul_(tau).add_(o.detach(), alpha=1 - tau)  # xi <- tau xi + (1 - tau) theta
+        tau = cosine_schedule(self.tau_base, progress)
+        update_momentum([self.encoder, self.projector], [self.target_encoder, self.target_projector], tau)  # xi <- tau xi + (1 - tau) theta

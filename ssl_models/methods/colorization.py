@@ -111,6 +111,3 @@ class Colorization(nn.Module):
             target = soft_encode(ab, self.centres)  # (B, Q, s, s)
         loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()  # cross entropy per pixel
         return StepOutput(loss, fmap.mean(dim=(2, 3)).detach())
-
-    def after_step(self, progress: float) -> None:
-        """Colorization has no momentum parts; nothing to update."""

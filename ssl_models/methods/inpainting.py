@@ -76,6 +76,3 @@ class Inpainting(nn.Module):
         # As (B, S*S, 3) pixels with a (B, S*S) mask: only the hidden pixels count.
         loss = masked_mse_loss(recon.flatten(2).transpose(1, 2), x.flatten(2).transpose(1, 2), mask.flatten(1))
         return StepOutput(loss, fmap.mean(dim=(2, 3)).detach())
-
-    def after_step(self, progress: float) -> None:
-        """The context encoder has no momentum parts; nothing to update."""

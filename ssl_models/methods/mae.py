@@ -171,6 +171,3 @@ class MAE(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*3)
         loss = self.forward_loss(x, pred, mask)
         return StepOutput(loss, latent[:, 1:].mean(dim=1).detach())
-
-    def after_step(self, progress: float) -> None:
-        """MAE has no momentum parts; nothing to update."""

@@ -54,7 +54,6 @@ queue are dropped). Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +64,7 @@ from ssl_models.distributed import broadcast_from_main, gather, world
 from ssl_models.encoder import Encoder
 from ssl_models.losses.info_nce import info_nce_loss
 from ssl_models.methods.base import StepOutput
+from ssl_models.momentum import cosine_schedule, update_momentum
 
 
 class MoCo(nn.Module):
@@ -149,13 +149,8 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """EMA of the query network into the key network, after the optimiser step."""
-        m = self.base_momentum
-        if self.cosine_momentum:
-            m = 1 - (1 - m) * (math.cos(math.pi * progress) + 1) / 2
-        online = [*self.encoder.parameters(), *self.projector.parameters()]
-        target = [*self.key_encoder.parameters(), *self.key_projector.parameters()]
-        for t, o in zip(target, online):
-            t.mul_(m).add_(o.detach(), alpha=1 - m)  # theta' <- m theta' + (1 - m) theta
+        m = cosine_schedule(self.base_momentum, progress) if self.cosine_momentum else self.base_momentum
+        update_momentum([self.encoder, self.projector], [self.key_encoder, self.key_projector], m)  # theta' <- m theta' + (1 - m) theta
 
 
 def _view_major(x: torch.Tensor, world_size: int) -> torch.Tensor:

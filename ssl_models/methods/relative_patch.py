@@ -139,6 +139,3 @@ class RelativePatchLocation(nn.Module):
         features = self.encoder(torch.cat([centre, neighbour]))  # (B + P, F), one pass
         logits = self.head(torch.cat([features[:n][owner], features[n:]], dim=1))  # (P, 8)
         return StepOutput(F.cross_entropy(logits, labels), features[:n].detach())
-
-    def after_step(self, progress: float) -> None:
-        """Relative patch location has no momentum parts; nothing to update."""

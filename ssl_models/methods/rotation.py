@@ -60,6 +60,3 @@ class RotationPrediction(nn.Module):
         features = self.encoder(x)  # (4B, F)
         loss = F.cross_entropy(self.head(features), labels)
         return StepOutput(loss, features[:n].detach())
-
-    def after_step(self, progress: float) -> None:
-        """RotNet has no momentum parts; nothing to update."""

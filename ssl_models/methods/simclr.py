@@ -48,6 +48,3 @@ class SimCLR(nn.Module):
         z = self.projector(self.encoder(views))  # one pass: BN sees both views
         z_a, z_b = z[:n], z[n:]
         return StepOutput(nt_xent_loss(z_a, z_b, self.temperature), z_a.detach())
-
-    def after_step(self, progress: float) -> None:
-        """SimCLR has no momentum parts; nothing to update."""

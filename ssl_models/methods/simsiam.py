@@ -80,6 +80,3 @@ class SimSiam(nn.Module):
         # The stop-gradient: z is a fixed target for the other view's prediction.
         loss = negative_cosine_similarity(p_a, z_b.detach()) / 2 + negative_cosine_similarity(p_b, z_a.detach()) / 2
         return StepOutput(loss, z_a.detach())
-
-    def after_step(self, progress: float) -> None:
-        """SimSiam has no momentum parts; nothing to update."""

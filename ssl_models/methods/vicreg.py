@@ -65,6 +65,3 @@ class VICReg(nn.Module):
         z = self.expander(self.encoder(x))  # (2B, D)
         z_a, z_b = z[:n], z[n:]
         return StepOutput(vicreg_loss(z_a, z_b, **self.coeffs), z_a.detach())
-
-    def after_step(self, progress: float) -> None:
-        """VICReg has no momentum parts; nothing to update."""
