@@ -316,6 +316,7 @@ def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) 
     root = Path(args.root).resolve()
     if not root.is_dir():
         raise ExpectedError(f"{root}: no such project folder (--root)")
+    _config(args)  # a config fault is found before anything is locked, started or written
     stack.enter_context(hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True)))
     guard.root = root
     clean_staging(root)

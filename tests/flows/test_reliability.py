@@ -176,11 +176,12 @@ def test_kill_9_leaves_nothing_alive_and_the_next_start_ends_the_dead_run(projec
 
 @pytest.mark.slow
 def test_two_runs_on_one_root_never_mix(project, mlflow_store):
-    first = start(project, "run", "-q")
+    shorter = ("--set", "pretrain.epochs=1", "--set", "evaluate.label_fractions=[1.0]")
+    first = start(project, "run", "-q", *shorter)
     wait_for_running_run(first, store_path(mlflow_store))
     refused = sslpipe(project, "run", "--no-wait")
     assert refused.returncode == 2 and f"(pid {first.pid} on " in refused.stderr
-    second = start(project, "run", "-q", "--set", "pretrain.seed=1")
+    second = start(project, "run", "-q", *shorter, "--set", "pretrain.seed=1")
     assert first.wait(timeout=900) == 0, output(first)[1][-2000:]
     assert second.wait(timeout=900) == 0, output(second)[1][-2000:]
     assert f"waiting for {project.resolve()}" in output(second)[1]
