@@ -371,7 +371,6 @@ def _main(args: argparse.Namespace, guard) -> int:
         with contextlib.ExitStack() as stack:
             try:
                 if args.command in LOCKED:
-                    _config(args)  # a bad config fails here, before anything is locked, started or written
                     _prepare_root(args, stack, guard)
                 return COMMANDS.get(args.command, run_stage)(args)
             except BaseException as err:
