@@ -57,6 +57,19 @@ class TensorImages:
         return batch.pin_memory() if pin else batch
 
 
+class SubsetSource:
+    """The images ``indices`` of another source, as a source (e.g. 1% of the labels)."""
+
+    def __init__(self, source: ImageSource, indices) -> None:
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, indices, pin: bool = False) -> torch.Tensor:
+        return self.source.read(self.indices[np.asarray(indices, dtype=np.int64)], pin)
+
+
 def as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return TensorImages(images) if isinstance(images, torch.Tensor) else images
 
