@@ -78,7 +78,7 @@ def run_train(shards: Path, width: int, batch: int, steps: int, compile_: bool, 
     from ssl_models.data import EpochSampler, PrefetchLoader
     from ssl_models.encoder import Encoder
     from ssl_models.methods import build_method
-    from ssl_models.training import _make_optimizer, autocast_dtype, compile_method, TrainSettings
+    from ssl_models.training import TrainSettings, _make_optimizer, autocast_dtype, compile_method
     from tasks.shards import ShardReader
 
     torch.manual_seed(0)
