@@ -160,3 +160,16 @@ class ViewPolicy:
         if self.blur_p > 0:
             views = gaussian_blur(views, p=self.blur_p)
         return views
+
+
+def recipe_for_size(size: int) -> ViewPolicy:
+    """SimCLR's view recipe for ``size`` px (Chen et al., 2020, appendix A and B.9).
+
+    From 96 px on, the ImageNet recipe: crops down to 8% of the area, colour jitter of
+    strength 1 (0.8 brightness/contrast/saturation, 0.2 hue) and Gaussian blur with
+    probability 0.5. Below, the CIFAR recipe (the ``ViewPolicy`` defaults): crops down
+    to 20%, jitter strength 0.5, no blur (blur hurts on 32 px images, the paper says).
+    """
+    if size >= 96:
+        return ViewPolicy(size=size, crop_scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5)
+    return ViewPolicy(size=size)

@@ -6,6 +6,7 @@ so that configs stay plain data (``{"name": "resnet18_cifar", "width": 16}``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -36,25 +37,45 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+IMAGENET_STEM_FROM = 96  # px: from this size on, ResNets use the ImageNet stem
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    """"auto" -> "cifar" below IMAGENET_STEM_FROM px, "imagenet" from it on."""
+    if stem == "auto":
+        return "imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar"
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"unknown stem {stem!r}; choose auto, cifar or imagenet")
+    return stem
+
+
+def make_stem(stem: str, in_channels: int, width: int) -> nn.Sequential:
+    """The CIFAR stem (3x3 conv, full resolution) or the ImageNet one (7x7 stride-2 conv +
+    3x3 stride-2 max-pool: a quarter of the resolution, 16x less compute after it)."""
+    if stem == "cifar":
+        return nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+    )
+
+
 class ResNet18Cifar(nn.Module):
-    """ResNet-18 with the CIFAR stem: a 3x3 convolution and no max-pool.
+    """ResNet-18 whose stem follows the image size (``stem="auto"``).
 
     Small images (32x32) lose too much to the ImageNet stem's 7x7 stride-2 conv and
-    max-pool, so the stem keeps full resolution. ``width`` is the channel count of the
-    first stage (64 in the paper); stages double it. Width 16 trains on a laptop CPU.
+    max-pool, so below 96 px the stem is a 3x3 convolution at full resolution (the
+    CIFAR stem); from 96 px on it is the ImageNet stem. ``width`` is the channel count
+    of the first stage (64 in the paper); stages double it. Width 16 trains on a laptop CPU.
 
     >>> net = ResNet18Cifar(width=16)
     >>> net(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 128])
     """
 
-    def __init__(self, width: int = 64, in_channels: int = 3) -> None:
+    def __init__(self, width: int = 64, in_channels: int = 3, image_size: int = 32, stem: str = "auto") -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
+        self.stem_kind = resolve_stem(stem, image_size)
+        self.stem = make_stem(self.stem_kind, in_channels, width)
         stages, channels = [], width
         for stage, out_channels in enumerate([width, 2 * width, 4 * width, 8 * width]):
             stride = 1 if stage == 0 else 2
@@ -70,8 +91,47 @@ class ResNet18Cifar(nn.Module):
 
     def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map before pooling, for dense pretext tasks (colorization,
-        inpainting): (B, 3, H, W) -> (B, 8 * width, H / 8, W / 8). ``forward`` pools it."""
+        inpainting): (B, 3, H, W) -> (B, 8 * width, H / 8, W / 8) with the CIFAR stem,
+        H / 32 with the ImageNet stem. ``forward`` pools it."""
         return self.stages(self.stem(x))
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ``resnet18`` / ``resnet50`` (weights=None: nothing is downloaded),
+    without the classifier, its stem swapped for the CIFAR stem below 96 px (as
+    solo-learn does). Features: 512 (resnet18) or 2048 (resnet50).
+    """
+
+    def __init__(self, arch: str = "resnet18", image_size: int = 224, stem: str = "auto") -> None:
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.stem_kind = resolve_stem(stem, image_size)
+        if self.stem_kind == "cifar":
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, H, W) -> (B, feature_dim)
+        return self.net(x)
+
+
+def default_patch_size(image_size: int) -> int:
+    """The largest of 16, 8, 4 px that divides the image into a grid of at least 8x8
+    (4 px at 32, 8 px at 64-96, 16 px at 128-224), else the whole image's side / 8."""
+    for patch in (16, 8, 4):
+        if image_size % patch == 0 and image_size // patch >= 8:
+            return patch
+    raise ValueError(f"image size {image_size}: no ViT patch size of 16, 8 or 4 px divides it into a grid of at least 8x8")
 
 
 def sincos_position_embedding(dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor:
@@ -133,10 +193,10 @@ class TransformerBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """A small ViT (Dosovitskiy et al., 2021) for 32x32 images, the backbone of MAE.
+    """A small ViT (Dosovitskiy et al., 2021), the backbone of MAE.
 
-    The image is cut into ``patch_size`` squares (4 px: an 8x8 grid of 64 tokens at
-    32x32), each linearly embedded, a class token prepended, a fixed sine-cosine
+    The image is cut into ``patch_size`` squares (by default from the image size, see
+    :func:`default_patch_size`: 4 px, an 8x8 grid of 64 tokens, at 32x32; 16 px at 224), each linearly embedded, a class token prepended, a fixed sine-cosine
     position embedding added, then ``depth`` pre-norm blocks and a final LayerNorm.
     The feature is the mean of the patch tokens after that norm (``pool="mean"``) or
     the class token (``pool="cls"``); mean pooling gives the better frozen features
@@ -163,7 +223,7 @@ class VisionTransformer(nn.Module):
     def __init__(
         self,
         image_size: int = 32,
-        patch_size: int = 4,
+        patch_size: int | None = None,
         dim: int = 128,
         depth: int = 4,
         heads: int | None = None,
@@ -173,6 +233,7 @@ class VisionTransformer(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
+        patch_size = patch_size or default_patch_size(image_size)
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if pool not in ("mean", "cls"):
@@ -229,7 +290,9 @@ class VisionTransformer(nn.Module):
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18_cifar": ResNet18Cifar,
+    "resnet18_cifar": ResNet18Cifar,  # the name is historical: the stem follows image_size
+    "resnet18": functools.partial(TorchvisionResNet, "resnet18"),
+    "resnet50": functools.partial(TorchvisionResNet, "resnet50"),
     "vit_tiny": VisionTransformer,
 }
 

@@ -9,19 +9,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_models.data import ImageSource, as_source
+
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
-    """images: (N, 3, H, W) uint8 -> features (N, D) float32 on the CPU, encoder in eval mode."""
+def extract_features(
+    encoder: nn.Module, images: torch.Tensor | ImageSource, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """images: (N, 3, H, W) uint8 or an ImageSource (shards on disk, read batch by batch)
+    -> features (N, D) float32 on the CPU, encoder in eval mode. Only the features are held."""
+    device = torch.device(device)
     encoder = encoder.to(device).eval()
-    chunks = [
-        encoder(images[i : i + batch_size].to(device).float().div_(255)).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    source = as_source(images)
+    chunks = []
+    for start in range(0, len(source), batch_size):
+        batch = source.read(np.arange(start, min(start + batch_size, len(source))), pin=device.type == "cuda")
+        chunks.append(encoder(batch.to(device, non_blocking=True).float().div_(255)).float().cpu())
     return torch.cat(chunks)
 
 

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.augment import random_resized_crop
+from ssl_models.data import ImageSource, SubsetSource, as_source
 from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, encoder_from_weights
 from ssl_models.memory_format import training_memory_format
+from ssl_models.evaluation import extract_features
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> t
 
 def train_classifier(
     encoder: Encoder,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSource,
     labels: torch.Tensor,
     num_classes: int,
     settings: FinetuneSettings,
@@ -118,7 +120,8 @@ def train_classifier(
 ) -> Classifier:
     """Train ``encoder`` (updated in place) + a new linear head with cross-entropy.
 
-    images: (N, 3, H, W) uint8, labels: (N,) int64. Returns the classifier in eval mode, on the CPU.
+    images: (N, 3, H, W) uint8 or an ImageSource (read batch by batch: only a batch is
+    ever on the device), labels: (N,) int64. Returns the classifier in eval mode, on the CPU.
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
@@ -126,8 +129,7 @@ def train_classifier(
     classifier = Classifier(encoder, num_classes)
     memory_format = training_memory_format(classifier)
     classifier = classifier.to(device, memory_format=memory_format)
-    data, targets = images.to(device), labels.to(device)
-    size = images.shape[-1]
+    source, targets = as_source(images), labels.to(device)
     # BatchNorm needs at least two images per batch; tiny subsets repeat images within a batch.
     batch_size = max(2, settings.batch_size)
     decay = [p for p in classifier.parameters() if p.ndim > 1]
@@ -144,16 +146,17 @@ def train_classifier(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     classifier.train()
-    order = torch.empty(0, dtype=torch.long, device=device)
+    order = torch.empty(0, dtype=torch.long)
     for _ in range(settings.steps):
         # Walk through shuffled passes over the data, so every labeled image is used equally often.
         while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(data), device=device)])
+            order = torch.cat([order, torch.randperm(len(source))])
         batch_idx, order = order[:batch_size], order[batch_size:]
-        batch = data[batch_idx].float().div_(255)
+        batch = source.read(batch_idx.numpy(), pin=device.type == "cuda").to(device, non_blocking=True).float().div_(255)
+        size = batch.shape[-1]
         batch = random_resized_crop(batch, size, (settings.crop_scale_min, 1.0), flip_p=settings.flip_p)
         batch = batch.contiguous(memory_format=memory_format)
-        loss = F.cross_entropy(classifier(batch), targets[batch_idx])
+        loss = F.cross_entropy(classifier(batch), targets[batch_idx.to(device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -163,22 +166,18 @@ def train_classifier(
 
 @torch.no_grad()
 def classifier_accuracy(
-    classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512
+    classifier: nn.Module, images: torch.Tensor | ImageSource, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512
 ) -> float:
-    """Top-1 accuracy on (N, 3, H, W) uint8 images, no augmentation."""
-    classifier = classifier.to(device).eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device).float().div_(255)
-        correct += (classifier(batch).argmax(1).cpu() == labels[start : start + batch_size]).sum().item()
+    """Top-1 accuracy on (N, 3, H, W) uint8 images (or an ImageSource), no augmentation."""
+    predictions = extract_features(classifier, images, batch_size, device).argmax(1)  # logits, batch by batch
     classifier.cpu()
-    return correct / len(images)
+    return (predictions == labels).float().mean().item()
 
 
 def finetune_accuracy(
     encoder: Encoder,
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    train: tuple[torch.Tensor | ImageSource, torch.Tensor],
+    test: tuple[torch.Tensor | ImageSource, torch.Tensor],
     num_classes: int,
     settings: FinetuneSettings,
     fraction: float = 1.0,
@@ -189,5 +188,6 @@ def finetune_accuracy(
     scratch with ``random_init``) and return (test accuracy, classifier). ``encoder`` is not modified."""
     idx = stratified_subset(train[1], fraction, settings.seed)
     model = fresh_copy(encoder, random_init, settings.seed)
-    classifier = train_classifier(model, train[0][idx], train[1][idx], num_classes, settings, device)
+    images = train[0][idx] if isinstance(train[0], torch.Tensor) else SubsetSource(train[0], idx.numpy())
+    classifier = train_classifier(model, images, train[1][idx], num_classes, settings, device)
     return classifier_accuracy(classifier, test[0], test[1], device), classifier

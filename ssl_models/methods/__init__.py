@@ -45,9 +45,28 @@ def default_backbone(name: str) -> str:
     return method_class(name).backbones[0]
 
 
+def check_image_size(name: str, image_size: int, backbone: str = "auto", **hparams: Any) -> None:
+    """Raise a ValueError naming the method and the size when ``name`` cannot train on
+    ``image_size`` px images; run it before training. It builds a width-4 copy of the
+    method and takes one step on two random images, so every constraint is checked
+    (patch grids, MAE's patches, relative-patch geometry, decoders) without a list to keep."""
+    import torch
+
+    if not 32 <= image_size <= 512:
+        raise ValueError(f"image size {image_size} px: the pipeline supports 32 to 512 px")
+    backbone = default_backbone(name) if backbone == "auto" else backbone
+    try:
+        encoder = Encoder(backbone, {"width": 4, "image_size": image_size}, image_size)
+        method = build_method(name, encoder, ViewPolicy(size=image_size), **hparams)
+        with torch.no_grad():
+            method.training_step(torch.rand(2, 3, image_size, image_size))
+    except Exception as err:
+        raise ValueError(f"method {name!r} with backbone {backbone!r} cannot train on {image_size} px images: {err}") from None
+
+
 def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any) -> SSLMethod:
     """Build method ``name`` around ``encoder``; ``hparams`` override its defaults."""
     return method_class(name)(encoder, views, **hparams)
 
 
-__all__ = ["METHODS", "SSLMethod", "StepOutput", "build_method", "default_backbone", "method_class"]
+__all__ = ["METHODS", "SSLMethod", "StepOutput", "build_method", "check_image_size", "default_backbone", "method_class"]

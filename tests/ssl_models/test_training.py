@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
 from ssl_models.augment import ViewPolicy
 from ssl_models.encoder import Encoder
 from ssl_models.methods import build_method
-from ssl_models.training import EpochStats, TrainSettings, _make_optimizer, collapse_warning, effective_rank, pretrain
+from ssl_models.data import TensorImages
+from ssl_models.training import (
+    CheckpointMismatch,
+    EpochStats,
+    TrainSettings,
+    _make_optimizer,
+    checkpoint_extra,
+    collapse_warning,
+    effective_rank,
+    pretrain,
+)
 
 
 def tiny_simsiam(**hparams):
@@ -59,3 +72,110 @@ def test_effective_rank_and_the_collapse_warning():
     assert collapse_warning(stats(0.12, 40.0), dim=64) is None
     assert "point" in collapse_warning(stats(0.001, 40.0), dim=64)
     assert "line" in collapse_warning(stats(0.12, 1.2), dim=64)
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def tiny_simclr(seed: int = 0):
+    torch.manual_seed(seed)  # a different seed: the resumed run must take its weights from the checkpoint
+    return build_method("simclr", Encoder("resnet18_cifar", {"width": 8}), ViewPolicy(), hidden_dim=32, projection_dim=16)
+
+
+RESUME_SETTINGS = TrainSettings(epochs=2, batch_size=8, lr=0.1, warmup_epochs=1)
+
+
+def train_without_interruption(images) -> dict:
+    method = tiny_simclr()
+    pretrain(method, images, RESUME_SETTINGS, progress=False)
+    return method.encoder.state_dict()
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_a_run_resumed_after_a_crash_gives_the_same_encoder(tmp_path):
+    from tasks.shards import ShardReader, write_shards
+
+    pixels = torch.randint(0, 256, (36, 32, 32, 3), dtype=torch.uint8)  # 4 steps an epoch, 4 images dropped
+    write_shards(tmp_path / "shards", iter(pixels.numpy()), image_size=32, count=36)
+    images = ShardReader(tmp_path / "shards")  # the streaming path, from disk
+    reference = train_without_interruption(images)
+    checkpoint = tmp_path / "ckpt.pt"
+
+    def crash_after_epoch_1(stats: EpochStats) -> None:
+        raise Crash  # after the epoch's checkpoint is written, like a kill -9 there
+
+    with pytest.raises(Crash):
+        pretrain(tiny_simclr(), images, RESUME_SETTINGS, on_epoch_end=crash_after_epoch_1, checkpoint_path=checkpoint, progress=False, extra={"run_id": "abc"})
+    assert checkpoint_extra(checkpoint) == {"run_id": "abc"}
+    resumed = tiny_simclr(seed=1)
+    epochs_seen = []
+    history = pretrain(resumed, ShardReader(tmp_path / "shards"), RESUME_SETTINGS, on_epoch_end=lambda s: epochs_seen.append(s.epoch), checkpoint_path=checkpoint, progress=False)
+    assert epochs_seen == [2] and [s.epoch for s in history] == [1, 2]
+    assert_identical(resumed.encoder.state_dict(), reference)
+    # The same images as an in-memory tensor train the same model: the source does not matter.
+    assert_identical(train_without_interruption(pixels.permute(0, 3, 1, 2)), reference)
+
+
+def test_a_run_resumes_mid_epoch(tmp_path):
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    reference = train_without_interruption(images)
+    checkpoint = tmp_path / "ckpt.pt"
+    settings = TrainSettings(**{**RESUME_SETTINGS.__dict__, "checkpoint_every_steps": 1})
+
+    class FailingDisk(TensorImages):
+        reads = 0
+
+        def read(self, indices, pin=False):
+            FailingDisk.reads += 1
+            if FailingDisk.reads == 7:  # the third batch of epoch 2
+                raise OSError("disk gone")
+            return super().read(indices, pin)
+
+    with pytest.raises(OSError):
+        pretrain(tiny_simclr(), FailingDisk(images), settings, checkpoint_path=checkpoint, progress=False)
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["sampler"]["epoch"], state["sampler"]["position"], state["step"]) == (2, 2, 6)
+    resumed = tiny_simclr(seed=1)
+    history = pretrain(resumed, images, settings, checkpoint_path=checkpoint, progress=False)
+    assert_identical(resumed.encoder.state_dict(), reference)
+    reference_history = pretrain(tiny_simclr(), images, RESUME_SETTINGS, progress=False)
+    assert [s.loss for s in history] == [s.loss for s in reference_history]  # the epoch's running sums survived
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    reference = train_without_interruption(images)
+    checkpoint = tmp_path / "ckpt.pt"
+    settings = TrainSettings(**{**RESUME_SETTINGS.__dict__, "prefetch_batches": 0})
+
+    class CtrlCDuringStep3(TensorImages):
+        reads = 0
+
+        def read(self, indices, pin=False):
+            CtrlCDuringStep3.reads += 1
+            if CtrlCDuringStep3.reads == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().read(indices, pin)
+
+    with pytest.raises(KeyboardInterrupt, match="run the same command again to resume"):
+        pretrain(tiny_simclr(), CtrlCDuringStep3(images), settings, checkpoint_path=checkpoint, progress=False)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3  # the step under way was finished first
+    resumed = tiny_simclr(seed=1)
+    pretrain(resumed, images, settings, checkpoint_path=checkpoint, progress=False)
+    assert_identical(resumed.encoder.state_dict(), reference)
+
+
+def test_a_checkpoint_from_other_settings_is_refused(tmp_path):
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    checkpoint = tmp_path / "ckpt.pt"
+    pretrain(tiny_simclr(), images, TrainSettings(epochs=1, batch_size=8), checkpoint_path=checkpoint, progress=False)
+    with pytest.raises(CheckpointMismatch, match=r"lr: 0.3 in the checkpoint, 0.1 now.*delete the checkpoint"):
+        pretrain(tiny_simclr(), images, TrainSettings(epochs=1, batch_size=8, lr=0.1), checkpoint_path=checkpoint, progress=False)
