@@ -26,7 +26,7 @@ from tasks.layout import Layout
 from tasks.results import MissingInput
 from tasks.root_lock import hold_root
 from tasks.scoring import summary_table
-from tasks.stages import PIPELINE, mark_done, stale_reason
+from tasks.stages import PIPELINE, input_key, mark_done, stale_reason
 
 log = logging.getLogger("sslpipe")
 
@@ -43,6 +43,10 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: b
 
 
 def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
+    from ssl_models.methods import check_image_size
+
+    p = cfg.pretrain
+    check_image_size(p.method, cfg.data.image_size, p.backbone, **p.method_params)  # a method that cannot work at this size says so first
     own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
     results: dict[str, object] = {}
     ran: dict[str, str] = {}
@@ -59,7 +63,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
                 except MissingInput as err:
                     reason = str(err)
             inputs = {name: results[name] for name in stage.inputs}
-            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own))
+            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), key=input_key(stage, layout.root, cfg))
             log.info("%s: running (%s)", stage.name, reason)
             run = task(stage.load(), name=stage.name, task_run_name=stage.name, cache_policy=NO_CACHE)
             result = run(ctx, *inputs.values())

@@ -97,6 +97,9 @@ class PretrainConfig(Section):
     warmup_epochs: int = Field(_default(TrainSettings, "warmup_epochs"), ge=0)
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
     seed: int = _default(TrainSettings, "seed")
+    precision: Literal["auto", "fp32", "bf16"] = Field(_default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)")
+    compile: bool = Field(_default(TrainSettings, "compile"), description="torch.compile the model: faster steps after a slow first one")
+    checkpoint_every_steps: int = Field(_default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only")
 
     @model_validator(mode="after")
     def _method_exists(self) -> PretrainConfig:

@@ -15,3 +15,4 @@ class StageContext:
     cfg: PipelineConfig  # resolved: no "auto" left
     tracker: Tracker  # the MLflow run this stage logs into
     progress: bool = True  # progress bars on long work
+    key: str = ""  # digest of this stage's code, params and inputs (tasks/stages.py): names its resume checkpoint

@@ -35,7 +35,7 @@ class Layout:
         return self.root / "data" / "prepared"
 
     @property
-    def unlabeled(self) -> Path:  # images.npy + manifest.csv, DVC-tracked
+    def unlabeled(self) -> Path:  # image shards + manifest.csv, DVC-tracked
         return self.prepared / "unlabeled"
 
     @property
@@ -73,10 +73,6 @@ class Layout:
     @property
     def encoder(self) -> Path:  # weights.pt + config.json
         return self.models / "encoder"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.models / "checkpoint.pt"
 
     @property
     def augment_preview(self) -> Path:

@@ -1,8 +1,13 @@
 """The prepared (decoded) images: written by ingest and `sslpipe finetune`, read by every
 later stage. The one place that knows their format on disk.
 
-    unlabeled/  images.npy (N, H, W, 3) uint8, manifest.csv (path, sha256), counts.json
+    unlabeled/  shards (tasks/shards.py: uint8 pixels, streamed in and out), manifest.csv
+                (path, sha256), counts.json
     labeled/    {train,test}_images.npy, {train,test}_labels.npy, classes.json, counts.json
+
+The unlabeled pool is what grows to a million images: it is written one image at a time and
+read a batch at a time, so memory does not grow with it. The labeled evaluation set is held
+in memory (it is the small, labeled part).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from PIL import Image
 
 from tasks.imaging import to_rgb
+from tasks.shards import ShardReader, ShardWriter
 from tasks.sources import SourceError, list_images, open_source
 
 
@@ -61,12 +67,12 @@ def write_unlabeled(source: str | Path, table_csv: Path, out_dir: Path, image_si
     if accepted.empty:
         raise SourceError(f"{table_csv}: validation accepted no images; see `sslpipe validate` for why")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open_source(source, downloads) as root:
-        images = np.stack([_decode_validated(root, p, image_size) for p in accepted["path"]])
-    np.save(out_dir / "images.npy", images)
+    with open_source(source, downloads) as root, ShardWriter(out_dir, image_size, len(accepted)) as writer:
+        for path in accepted["path"]:  # one decoded image in memory at a time
+            writer.add(_decode_validated(root, path, image_size))
     accepted[["path", "sha256"]].to_csv(out_dir / "manifest.csv", index=False)
-    (out_dir / "counts.json").write_text(json.dumps({"unlabeled": len(images)}))
-    return len(images)
+    (out_dir / "counts.json").write_text(json.dumps({"unlabeled": len(accepted)}))
+    return len(accepted)
 
 
 def _class_folders(root: Path, keep: set[str]) -> dict[str, list[Path]]:
@@ -115,14 +121,18 @@ def load_images(images_npy: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(images_npy)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_unlabeled(unlabeled_dir: Path | str) -> torch.Tensor:
-    return load_images(Path(unlabeled_dir) / "images.npy")
+def open_unlabeled(unlabeled_dir: Path | str) -> ShardReader:
+    """The unlabeled pool as an ``ImageSource``: batches read from disk on demand."""
+    return ShardReader(unlabeled_dir)
 
 
 def preview_images(unlabeled_dir: Path | str, count: int) -> torch.Tensor:
     """The first ``count`` images as float (n, 3, H, W) in [0, 1], without reading the rest."""
-    sample = np.load(Path(unlabeled_dir) / "images.npy", mmap_mode="r")[:count]
-    return torch.from_numpy(np.array(sample)).permute(0, 3, 1, 2).float() / 255
+    reader = ShardReader(unlabeled_dir)
+    try:
+        return reader.read(range(min(count, len(reader)))).float().contiguous() / 255
+    finally:
+        reader.close()
 
 
 def load_labeled(labeled_dir: Path | str) -> dict[str, torch.Tensor]:

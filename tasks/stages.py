@@ -110,7 +110,7 @@ PIPELINE: tuple[Stage, ...] = (
         inputs=("ingest", "augment"),
         deps=("data/prepared/unlabeled", "reports/augment_preview.png"),
         params=("pretrain", "augment", "data.image_size"),
-        outs=(Out("models/encoder"), Out("models/checkpoint.pt"), Out("reports/pretrain/curves.png", cache=False)),
+        outs=(Out("models/encoder"), Out("reports/pretrain/curves.png", cache=False)),
         plots=({"reports/pretrain/history.csv": {"cache": False, "x": "epoch", "y": "loss"}},),
         result="Pretrained",
     ),
@@ -253,6 +253,11 @@ def _expand(dep: str, cfg_dict: dict) -> str:
     if dep.startswith("${") and dep.endswith("}"):
         return str(_param(cfg_dict, dep[2:-1]))
     return dep
+
+
+def input_key(stage: Stage, root: Path, cfg) -> str:
+    """The digest of what a stage's result depends on (code, params, input files)."""
+    return fingerprint(stage, root, cfg)["inputs"]
 
 
 def fingerprint(stage: Stage, root: Path, cfg) -> dict[str, str]:

@@ -263,6 +263,14 @@ class Tracker:
     def started(self) -> bool:
         return self._run_id is not None
 
+    def adopt(self, run_id: str) -> None:
+        """Continue ``run_id`` (the run of an interrupted training) instead of a new run,
+        unless this tracker already logs into a run of its own."""
+        if self._run_id is None:
+            self._run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            remember_open_run(run_id, self.client.tracking_uri)
+
     @property
     def run_id(self) -> str:
         if self._run_id is None:

@@ -7,6 +7,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from flows.pipeline import ssl_pipeline
+from tasks.shards import ShardReader
 from tasks.config import load_config
 from tests import dirty_dump
 from tests.dirty_dump import EXPECTED
@@ -62,7 +63,7 @@ def test_quarantine_trains_on_the_good_files_and_a_stop_changes_nothing(project,
     prepared = project / "data" / "prepared" / "unlabeled"
     good = dirty_dump.good_paths(dump)
     assert sorted(pd.read_csv(prepared / "manifest.csv")["path"]) == good
-    assert np.load(prepared / "images.npy").shape == (len(good), 32, 32, 3)
+    assert len(ShardReader(prepared)) == len(good)
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
     run = client.get_run(result["registered"].run_id)
@@ -76,11 +77,11 @@ def test_quarantine_trains_on_the_good_files_and_a_stop_changes_nothing(project,
     assert "unlabeled: passed" in markdown and "fault: bomb | 2" in markdown
 
     # The same dump under on_fail=stop: the flow fails at validation and touches nothing.
-    before = (prepared / "images.npy").read_bytes()
+    before = (prepared / "shard-00000.npy").read_bytes()
     stopped = ssl_pipeline(config=load_config(params, [f"data.unlabeled={dump}"]), root=str(project), return_state=True)
     assert stopped.is_failed()
     assert "bomb_header.png: bomb" in stopped.message and "validate.on_fail=stop" in stopped.message
-    assert (prepared / "images.npy").read_bytes() == before
+    assert (prepared / "shard-00000.npy").read_bytes() == before
     assert not [p.name for p in prepared.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
     assert [int(v.version) for v in client.search_model_versions("name='ssl-encoder'")] == [1]
     assert "unlabeled: **failed**" in _validation_artifact(stopped.state_details.flow_run_id)

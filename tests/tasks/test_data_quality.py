@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tasks import image_table
+from tasks.shards import ShardReader
 from tasks.config import ValidateConfig
 from tasks.prepared import write_labeled as ingest_labeled
 from tasks.prepared import write_unlabeled as ingest_unlabeled
@@ -72,8 +73,8 @@ def test_quarantine_trains_on_exactly_the_good_files(tmp_path, dump):
     out = tmp_path / "prepared"
     assert ingest_unlabeled(dump, tmp_path / "out" / "unlabeled_table.csv", out, 32) == len(good)
     assert sorted(pd.read_csv(out / "manifest.csv")["path"]) == good
-    images = np.load(out / "images.npy")
-    assert images.shape == (len(good), 32, 32, 3) and images.dtype == np.uint8
+    reader = ShardReader(out)
+    assert len(reader) == len(good) and reader.read([0]).shape == (1, 3, 32, 32)
     by_path = dict(zip(pd.read_csv(out / "manifest.csv")["path"], images, strict=True))
     gray = by_path["gray.png"]
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()

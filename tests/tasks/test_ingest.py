@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.shards import ShardReader
 from tasks.config import ValidateConfig
 from tasks.atomic import staged_dir
 from tasks.prepared import accepted_rows, load_rgb
@@ -48,8 +49,8 @@ def test_unlabeled_folder_and_tar_give_the_same_arrays(tmp_path, tiny_data):
     n = ingest_unlabeled(tiny_data["unlabeled"], _validated(tiny_data["unlabeled"], tmp_path / "v1"), out_folder, 32)
     m = ingest_unlabeled(archive, _validated(archive, tmp_path / "v2"), out_tar, 32)
     assert n == m == 128
-    a, b = np.load(out_folder / "images.npy"), np.load(out_tar / "images.npy")
-    assert a.shape == (128, 32, 32, 3) and a.dtype == np.uint8
+    a, b = ShardReader(out_folder).read(range(128)).numpy(), ShardReader(out_tar).read(range(128)).numpy()
+    assert a.shape == (128, 3, 32, 32) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     manifest = (out_folder / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "path,sha256" and len(manifest) == 129
