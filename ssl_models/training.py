@@ -107,6 +107,9 @@ def pretrain(
 ) -> list[EpochStats]:
     """Train ``method`` on ``images`` (N, 3, H, W) uint8; returns per-epoch stats.
 
+    A method with a ``prepare_batch(batch)`` method turns its own rows into its
+    ``training_step`` input instead (text: token ids (N, L) int32 -> int64).
+
     A checkpoint (model + optimiser + epoch) is written after every epoch when
     ``checkpoint_path`` is given.
     """
@@ -115,6 +118,7 @@ def pretrain(
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)  # type: ignore[assignment]
     data = images.to(device)
+    prepare_batch = getattr(method, "prepare_batch", None)  # optional: methods whose data is not uint8 images
     batch_size = min(settings.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // batch_size)  # drop the ragged last batch: BN needs full ones
     total_steps = settings.epochs * steps_per_epoch
@@ -137,8 +141,11 @@ def pretrain(
         started = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
         for i in bar:
-            batch = data[order[i * batch_size : (i + 1) * batch_size]].float().div_(255)
-            batch = batch.contiguous(memory_format=memory_format)
+            batch = data[order[i * batch_size : (i + 1) * batch_size]]
+            if prepare_batch is not None:  # e.g. token ids for text methods
+                batch = prepare_batch(batch)
+            else:  # uint8 images -> float in [0, 1]
+                batch = batch.float().div_(255).contiguous(memory_format=memory_format)
             out = method.training_step(batch)
             if not torch.isfinite(out.loss):
                 raise TrainingDiverged(
