@@ -90,7 +90,7 @@ class MLM(nn.Module):
     backbones = ("text_transformer",)
     # AdamW with BERT's weight decay 0.01; lr for batch 256, scaled linearly by the loop
     # (see benchmarks/results/mlm.json for how it was chosen on AG News).
-    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01}
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.01}
 
     def __init__(
         self,

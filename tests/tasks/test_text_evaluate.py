@@ -25,9 +25,13 @@ CFG = EvaluateConfig(knn_k=20, probe_weight_decays=[1e-3, 1e-2, 1e-1, 1.0])
 
 @pytest.fixture(scope="module")
 def news(tmp_path_factory):
-    """The bundled AG News slice, ingested: 1,500 unlabeled, 1,000 labeled split 500 / 500."""
+    """The bundled AG News slice, ingested: 1,500 unlabeled, 1,000 labeled split 500 / 500.
+
+    Vocabulary 2,000, not the default 4,000: on 1,500 articles the larger one leaves MLM on its
+    unigram plateau for more than 25 epochs (benchmarks/results/mlm_demo_slice.json).
+    """
     root = tmp_path_factory.mktemp("news")
-    meta = ingest_text_unlabeled(SAMPLE / "news.csv.gz", root / "unlabeled", vocab_size=4000, max_len=64)
+    meta = ingest_text_unlabeled(SAMPLE / "news.csv.gz", root / "unlabeled", vocab_size=2000, max_len=64)
     ingest_text_labeled(SAMPLE / "news_labeled.csv.gz", root / "labeled", root / "unlabeled", test_fraction=0.5)
     return {"pool": load_token_shards(root / "unlabeled"), "labeled": load_labeled_tokens(root / "labeled"), "vocab_size": meta["vocab_size"]}
 
@@ -51,7 +55,7 @@ def test_metrics_shape_and_the_random_init_baseline(news):
         assert set(row) == {"linear_probe_acc", "knn_acc", "probe_weight_decay"} and 0 <= row["knn_acc"] <= 1
     # An encoder that was never trained is its own random-init baseline (same seed, same shape).
     assert metrics["ssl"] == metrics["random_init"]
-    assert metrics["tfidf"]["linear_probe_acc"] > 0.7, "TF-IDF on real news topics is far above chance (0.25)"
+    assert metrics["tfidf"]["linear_probe_acc"] > 0.6, "TF-IDF on real news topics is far above chance (0.25)"
 
 
 def test_features_do_not_depend_on_batching(news):
@@ -74,14 +78,15 @@ def test_finetuning_runs_from_pretrained_and_from_scratch(news):
 @pytest.mark.slow
 def test_mlm_beats_random_init_on_held_out_news(news):
     """MLM on the 1,500-article demo pool: better frozen features than random init, by probe and kNN,
-    on 500 labeled articles it never saw (probe fitted on 500 others)."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    on 500 labeled articles it never saw (probe fitted on 500 others). About 1 CPU-minute.
+
+    Measured (1 thread): probe 0.412 vs 0.368, kNN 0.444 vs 0.342; TF-IDF 0.722 / 0.734.
+    """
     torch.manual_seed(0)
-    encoder = TextEncoder(news["vocab_size"], max_len=64, dim=64, depth=2)
-    method = MLM(encoder)
-    settings = TrainSettings(epochs=8, batch_size=64, lr=3e-3, weight_decay=0.01, warmup_epochs=1, optimizer="adamw")
+    method = MLM(TextEncoder(news["vocab_size"], max_len=64, dim=64, depth=2))
+    settings = TrainSettings(epochs=25, batch_size=32, lr=2e-2, weight_decay=0.01, warmup_epochs=1, optimizer="adamw")
     history = pretrain(method, news["pool"], settings, progress=False)
-    assert history[-1].loss < history[0].loss
+    assert history[-1].loss < history[0].loss - 0.5
     metrics = evaluate_text_encoders(method.encoder, news["labeled"], CFG, seed=0)
     ssl, random = metrics["ssl"], metrics["random_init"]
     assert ssl["linear_probe_acc"] > random["linear_probe_acc"], metrics
