@@ -158,7 +158,11 @@ def sincos_position_embedding(dim: int, grid_size: int, cls_token: bool = False)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over tokens (B, L, D) -> (B, L, D)."""
+    """Multi-head self-attention over tokens (B, L, D) -> (B, L, D).
+
+    ``mask`` (optional, bool, broadcastable to (B, heads, L, L), True = may attend) keeps
+    padding tokens out of the attention, for text.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -168,11 +172,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, L, D / heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -187,8 +191,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
 

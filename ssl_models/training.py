@@ -250,6 +250,8 @@ def pretrain(
     epochs only. ``extra``: caller data stored in the checkpoint (read it back with
     :func:`checkpoint_extra`). ``rank`` / ``world_size``: this process's share of each
     global batch (see :class:`~ssl_models.data.EpochSampler`); only rank 0 writes.
+    A method with a ``prepare_batch(batch)`` method turns its own rows into its
+    ``training_step`` input instead of images (text: token ids (N, L) int32 -> int64).
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
@@ -261,6 +263,7 @@ def pretrain(
     batch_size = min(settings.batch_size, len(source) // world_size)
     sampler = EpochSampler(len(source), batch_size, settings.seed, rank, world_size)
     steps_per_epoch = len(sampler)  # the ragged end is dropped: BN needs full batches
+    prepare_batch = getattr(method, "prepare_batch", None)  # optional: methods whose data is not uint8 images
     total_steps = settings.epochs * steps_per_epoch
     warmup_steps = settings.warmup_epochs * steps_per_epoch
     base_lr = settings.lr * batch_size * world_size / 256
@@ -319,7 +322,10 @@ def pretrain(
 
             bar = tqdm(loader, desc=f"epoch {epoch}/{settings.epochs}", disable=not progress, leave=False, initial=sampler.position, total=steps_per_epoch)
             for batch in bar:
-                x = batch.float().div_(255).contiguous(memory_format=memory_format)
+                if prepare_batch is not None:  # e.g. token ids for text methods
+                    x = prepare_batch(batch)
+                else:  # uint8 images -> float in [0, 1]
+                    x = batch.float().div_(255).contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = method.training_step(x)
                 loss = out.loss.float()

@@ -3,6 +3,7 @@
 from ssl_models.losses.barlow_twins import barlow_twins_loss
 from ssl_models.losses.info_nce import info_nce_loss
 from ssl_models.losses.masked_mse import masked_mse_loss
+from ssl_models.losses.mlm import mlm_loss
 from ssl_models.losses.neg_cosine import byol_loss, negative_cosine_similarity
 from ssl_models.losses.nt_xent import nt_xent_loss
 from ssl_models.losses.vicreg import vicreg_loss
@@ -12,6 +13,7 @@ __all__ = [
     "byol_loss",
     "info_nce_loss",
     "masked_mse_loss",
+    "mlm_loss",
     "negative_cosine_similarity",
     "nt_xent_loss",
     "vicreg_loss",

@@ -12,6 +12,7 @@ from ssl_models.methods.byol import BYOL
 from ssl_models.methods.colorization import Colorization
 from ssl_models.methods.inpainting import Inpainting
 from ssl_models.methods.mae import MAE
+from ssl_models.methods.mlm import MLM
 from ssl_models.methods.moco import MoCo
 from ssl_models.methods.relative_patch import RelativePatchLocation
 from ssl_models.methods.rotation import RotationPrediction
@@ -33,11 +34,20 @@ METHODS: dict[str, type] = {
     "inpainting": Inpainting,
 }
 
+# Methods over token ids (ssl_models/text.py's TextEncoder), kept apart from the image methods:
+# they take text data, a text encoder, and register as a text model.
+TEXT_METHODS: dict[str, type] = {"mlm": MLM}
+
 
 def method_class(name: str) -> type:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]
+    known = METHODS | TEXT_METHODS
+    if name not in known:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(known)}")
+    return known[name]
+
+
+def is_text_method(name: str) -> bool:
+    return name in TEXT_METHODS
 
 
 def default_backbone(name: str) -> str:
@@ -69,4 +79,4 @@ def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any)
     return method_class(name)(encoder, views, **hparams)
 
 
-__all__ = ["METHODS", "SSLMethod", "StepOutput", "build_method", "check_image_size", "default_backbone", "method_class"]
+__all__ = ["METHODS", "TEXT_METHODS", "SSLMethod", "StepOutput", "build_method", "check_image_size", "default_backbone", "is_text_method", "method_class"]
