@@ -226,19 +226,19 @@ def dvc_yaml() -> str:
 
 
 def _path_digest(path: Path) -> str:
-    """A cheap fingerprint of a file or folder: relative names, sizes and mtimes (as DVC's
-    state cache trusts them); content is hashed for small files so a touch alone does not count."""
-    digest = hashlib.sha256()
-    if not path.exists():
+    """A cheap fingerprint of a file or folder: relative names, kinds, sizes and mtimes (what
+    DVC's state cache trusts too). Only ``lstat``: nothing is opened, so a FIFO, an unreadable
+    file, a link loop or a name that is not UTF-8 in a user's dump cannot block or break it."""
+    if not os.path.lexists(path):
         return "missing"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        stat = file.stat()
-        name = file.relative_to(path).as_posix() if file != path else file.name
-        if stat.st_size <= 1 << 20:
-            digest.update(f"{name}\0".encode() + hashlib.md5(file.read_bytes()).digest())
-        else:
-            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    digest = hashlib.sha256()
+    entries = [(path, b"")] if not path.is_dir() else []
+    for folder, subfolders, files in os.walk(path) if path.is_dir() else ():
+        subfolders.sort()
+        entries += [(Path(folder) / name, os.fsencode(os.path.relpath(Path(folder) / name, path))) for name in sorted(files)]
+    for entry, name in entries:
+        stat = entry.lstat()
+        digest.update(name + f"\0{stat.st_mode:o}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
