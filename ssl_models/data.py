@@ -42,10 +42,12 @@ class ImageSource(Protocol):
 
 
 class TensorImages:
-    """An in-memory (N, 3, H, W) uint8 tensor as an :class:`ImageSource`."""
+    """An in-memory (N, 3, H, W) uint8 tensor as an :class:`ImageSource` (or (N, L) integer token
+    ids, for methods with a ``prepare_batch``)."""
 
     def __init__(self, images: torch.Tensor) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        tokens = images.ndim == 2 and not images.dtype.is_floating_point
+        if not tokens and (images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3):
             raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
         self.images = images
         self.image_size = images.shape[-1]

@@ -371,11 +371,9 @@ def pretrain(
             if warning:
                 log.warning("epoch %d: %s", epoch, warning)
             sampler.set_epoch(epoch + 1)
-            # Report first, then checkpoint: a crash between the two repeats an epoch's report
-            # rather than losing it from the run that resumes.
+            save(None)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
-            save(None)
             if progress:
                 tqdm.write(
                     f"epoch {epoch}/{settings.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.4f}  "

@@ -124,6 +124,7 @@ class PretrainConfig(Section):
                 "lr": pick("lr"),
                 "weight_decay": pick("weight_decay"),
                 "device": str(resolve_device(self.device)),
+                "precision": self.precision if self.precision != "auto" else ("bf16" if resolve_device(self.device).type == "cuda" else "fp32"),
             }
         )
 

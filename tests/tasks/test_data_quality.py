@@ -75,6 +75,7 @@ def test_quarantine_trains_on_exactly_the_good_files(tmp_path, dump):
     assert sorted(pd.read_csv(out / "manifest.csv")["path"]) == good
     reader = ShardReader(out)
     assert len(reader) == len(good) and reader.read([0]).shape == (1, 3, 32, 32)
+    images = reader.read(range(len(reader))).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3), as written
     by_path = dict(zip(pd.read_csv(out / "manifest.csv")["path"], images, strict=True))
     gray = by_path["gray.png"]
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()

@@ -53,6 +53,10 @@ def test_owner_tags_name_this_process(tmp_path):
 
 
 def test_an_interrupted_run_ends_killed(tmp_path, mlflow_store):
+    import tasks.tracking
+
+    tasks.tracking._open_runs.clear()  # runs other tests of this process left behind
+    tasks.tracking._ended_unfinished.clear()
     use_store(tmp_path, "ssl-pipeline")
     with pytest.raises(KeyboardInterrupt):
         with tracked_run(tmp_path) as run:
