@@ -73,8 +73,10 @@ def _bounds(low, high) -> str:
     return f"{low}..{high}"
 
 
-def failures(checkpoint_result, table: pd.DataFrame) -> list[Failure]:
-    values = dict(zip(table["path"], table.to_dict("records"), strict=True))
+def failures(checkpoint_result, table: pd.DataFrame, key: str = "path") -> list[Failure]:
+    """Failed expectations, each with the first offending rows ("<key>: column=value");
+    ``key`` is the table's row name (images: ``path``, text documents: ``location``)."""
+    values = dict(zip(table[key], table.to_dict("records"), strict=True))
     failures = []
     for suite_result in checkpoint_result.run_results.values():
         for result in suite_result.results:
@@ -87,8 +89,8 @@ def failures(checkpoint_result, table: pd.DataFrame) -> list[Failure]:
             elif details.get("unexpected_count") is not None:
                 examples = []
                 for item in details.get("partial_unexpected_index_list") or []:
-                    path = item["path"]
-                    examples.append(f"{path}: {column}={values.get(path, {}).get(column)}")
+                    name = item[key]
+                    examples.append(f"{name}: {column}={values.get(name, {}).get(column)}")
                 failures.append(Failure(config.type, column, int(details["unexpected_count"]), examples))
             else:  # dataset-level expectations report what they observed
                 observed = details.get("observed_value")

@@ -47,6 +47,7 @@ import pandas as pd
 
 from tasks.sources import SourceError
 from tasks.text_sources import Document, clean_text, read_documents
+from tasks.gx_checkpoint import failures
 from tasks.validation_report import DataValidationError, Failure, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -279,27 +280,7 @@ class TextCheckpoints:
 
 def _failures(checkpoint_result, table: pd.DataFrame) -> list[Failure]:
     """Failed expectations, each with the first offending documents ("location: column=value")."""
-    values = table.set_index("location")
-    failures = []
-    for suite_result in checkpoint_result.run_results.values():
-        for result in suite_result.results:
-            if result.success:
-                continue
-            config, details = result.expectation_config, result.result
-            column = config.kwargs.get("column")
-            if details.get("unexpected_count") is not None:
-                examples = [
-                    f"{item['location']}: {column}={values.at[item['location'], column] if item['location'] in values.index else None}"
-                    for item in details.get("partial_unexpected_index_list") or []
-                ]
-                failures.append(Failure(config.type, column, int(details["unexpected_count"]), examples))
-            else:  # dataset-level: row count, drift
-                observed = details.get("observed_value")
-                observed = f"{observed:.4f}" if isinstance(observed, float) else observed
-                low, high = config.kwargs.get("min_value"), config.kwargs.get("max_value")
-                bounds = f"{low:.4f}..{high:.4f}" if low is not None and high is not None else (f"at least {low}" if low is not None else f"at most {high:.4f}")
-                failures.append(Failure(config.type, column, 1, observed=f"observed {observed}, expected {bounds}"))
-    return failures
+    return failures(checkpoint_result, table, key="location")
 
 
 def _decide(table: pd.DataFrame, first, checkpoints: TextCheckpoints, on_fail: str, max_bad_fraction: float, report: ValidationReport) -> bool:
