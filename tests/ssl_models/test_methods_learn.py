@@ -88,13 +88,13 @@ def random_init_scores(data):
     return scores
 
 
-@pytest.mark.slow
 # BYOL passed at 10 epochs with the old in-memory order (probe 0.287 vs 0.267); with the
 # streaming sampler's data order it measured probe 0.254 vs 0.267, kNN 0.240 vs 0.265 on
 # 2026-11-28: a regression to investigate (more epochs or the order), not hidden.
 KNOWN_FAILING = {"byol": "after the data-order change: probe 0.254 vs random 0.267 at 10 epochs (2026-11-28)"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], strict=False)) if n in KNOWN_FAILING else n for n in sorted(METHODS)]
 )
