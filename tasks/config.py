@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ssl_models.augment import ViewPolicy
+from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
 from ssl_models.finetune import FinetuneSettings
 from ssl_models.training import TrainSettings
@@ -63,23 +63,36 @@ class ValidateConfig(Section):
     workers: int = Field(0, ge=0, description="image-reading processes; 0: one per core, when it pays")
 
 
-class AugmentConfig(Section):
-    """SimCLR's view policy (defaults: ``ssl_models.augment.ViewPolicy``)."""
+# Knobs whose value depends on the image size: "auto" takes SimCLR's recipe for
+# data.image_size (ssl_models.augment.recipe_for_size: CIFAR's below 96 px, ImageNet's from 96).
+Share = Annotated[float, Field(ge=0, le=1)]
+Auto = Literal["auto"]
 
-    crop_scale_min: float = Field(_default(ViewPolicy, "crop_scale")[0], gt=0, le=1, description="random resized crop: smallest area share")
+
+class AugmentConfig(Section):
+    """SimCLR's view policy (defaults: ``ssl_models.augment.ViewPolicy``; ``auto``: ``recipe_for_size``)."""
+
+    crop_scale_min: Annotated[float, Field(gt=0, le=1)] | Auto = Field("auto", description="random resized crop: smallest area share; auto: 0.2 below 96 px, 0.08 from 96")
     flip_p: float = Field(_default(ViewPolicy, "flip_p"), ge=0, le=1)
     jitter_p: float = Field(_default(ViewPolicy, "jitter_p"), ge=0, le=1)
-    brightness: float = Field(_default(ViewPolicy, "brightness"), ge=0)
-    contrast: float = Field(_default(ViewPolicy, "contrast"), ge=0)
-    saturation: float = Field(_default(ViewPolicy, "saturation"), ge=0)
-    hue: float = Field(_default(ViewPolicy, "hue"), ge=0, le=0.5)
+    brightness: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: 0.4 below 96 px, 0.8 from 96 (jitter strength 0.5 / 1)")
+    contrast: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: as brightness")
+    saturation: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: as brightness")
+    hue: Annotated[float, Field(ge=0, le=0.5)] | Auto = Field("auto", description="auto: 0.1 below 96 px, 0.2 from 96")
     grayscale_p: float = Field(_default(ViewPolicy, "grayscale_p"), ge=0, le=1)
-    blur_p: float = Field(_default(ViewPolicy, "blur_p"), ge=0, le=1, description="SimCLR drops blur on CIFAR-sized images")
+    blur_p: Share | Auto = Field("auto", description="auto: 0 below 96 px (blur hurts CIFAR-sized images), 0.5 from 96")
     preview_images: int = Field(8, ge=1, le=64, description="images in reports/augment_preview.png")
 
+    def resolved(self, image_size: int) -> AugmentConfig:
+        """Every ``auto`` replaced by SimCLR's recipe for ``image_size`` (what MLflow records)."""
+        recipe = recipe_for_size(image_size)
+        recipe_values = {**dataclasses.asdict(recipe), "crop_scale_min": recipe.crop_scale[0]}
+        return self.model_copy(update={key: recipe_values[key] for key, value in self if value == "auto"})
+
     def policy(self, image_size: int) -> ViewPolicy:
-        fields = self.model_dump(exclude={"crop_scale_min", "preview_images"})
-        return ViewPolicy(size=image_size, crop_scale=(self.crop_scale_min, 1.0), **fields)
+        values = self.resolved(image_size)
+        fields = values.model_dump(exclude={"crop_scale_min", "preview_images"})
+        return ViewPolicy(size=image_size, crop_scale=(values.crop_scale_min, 1.0), **fields)
 
 
 class PretrainConfig(Section):
@@ -226,7 +239,9 @@ class PipelineConfig(Section):
 
     def resolved(self) -> PipelineConfig:
         """The config with no ``auto`` left: the values a run really uses."""
-        return self.model_copy(update={"pretrain": self.pretrain.resolved(), "finetune": self.finetune.resolved()})
+        return self.model_copy(
+            update={"augment": self.augment.resolved(self.data.image_size), "pretrain": self.pretrain.resolved(), "finetune": self.finetune.resolved()}
+        )
 
     def section(self, name: str) -> dict[str, Any]:
         return self.as_dict()[name]
@@ -293,8 +308,21 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
-        raise ConfigError(f"{path or 'config'}: {problems}") from None
+        raise ConfigError(f"{path or 'config'}: {_problems(err)}") from None
+
+
+def _problems(err: ValidationError) -> str:
+    """One line per wrong key; a number-or-auto key reads "...: <the number's fault> (or 'auto')"."""
+    problems = []
+    for e in err.errors():
+        loc = [str(part) for part in e["loc"]]
+        if loc[-1] == "literal['auto']":
+            continue  # the other half of a number-or-auto union: said once below
+        message = e["msg"].removeprefix("Value error, ")
+        if loc[-1] in ("constrained-float", "float"):
+            loc, message = loc[:-1], f"{message} (or 'auto')"
+        problems.append(f"{'.'.join(loc)}: {message}")
+    return "; ".join(problems)
 
 
 def params_yaml() -> str:

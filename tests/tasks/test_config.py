@@ -17,6 +17,17 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.flat()["pretrain.epochs"] == 5
 
 
+def test_view_recipe_follows_the_image_size_unless_set():
+    from ssl_models.augment import recipe_for_size
+
+    assert PipelineConfig().augment.policy(224) == recipe_for_size(224)  # ImageNet recipe: blur on
+    cfg = load_config(None, ["data.image_size=224", "augment.blur_p=0.1"])
+    assert cfg.augment.policy(224).blur_p == 0.1 and cfg.augment.policy(224).crop_scale == (0.08, 1.0)
+    assert cfg.resolved().augment.brightness == 0.8  # MLflow records the value used, not "auto"
+    with pytest.raises(ConfigError, match=r"augment.blur_p: Input should be less than or equal to 1 \(or 'auto'\)"):
+        load_config(None, ["augment.blur_p=2"])
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
