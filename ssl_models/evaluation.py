@@ -33,9 +33,20 @@ def extract_features(
     return torch.cat(chunks)
 
 
-def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline: (N, 3, H, W) uint8 -> (N, 3*H*W) float in [0, 1]."""
-    return images.flatten(1).float() / 255
+RAW_PIXEL_SIDE = 32
+
+
+def raw_pixel_features(images: torch.Tensor, side: int = RAW_PIXEL_SIDE, batch: int = 256) -> torch.Tensor:
+    """The raw-pixel baseline: (N, 3, H, W) uint8 -> (N, 3*s*s) float in [0, 1], s = min(H, side).
+
+    Larger images are area-averaged down to ``side`` px first: at 224 px the flat pixels
+    would be 150,528 features per image, a probe costing minutes and gigabytes for a
+    baseline whose only message is "what pixels alone give" (what 32 px pixels already say).
+    """
+    if images.shape[-1] <= side:
+        return images.flatten(1).float() / 255
+    rows = [F.adaptive_avg_pool2d(chunk.float() / 255, side).flatten(1) for chunk in images.split(batch)]
+    return torch.cat(rows)
 
 
 @dataclass(frozen=True)

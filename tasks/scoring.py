@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import torch
 
@@ -17,6 +18,7 @@ from ssl_models.finetune import FinetuneSettings, finetune_accuracy, stratified_
 from tasks.config import EvaluateConfig
 
 ENCODERS = ("ssl", "random_init", "raw_pixels")
+log = logging.getLogger(__name__)
 
 
 def score(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, cfg: EvaluateConfig) -> dict[str, float]:
@@ -33,7 +35,11 @@ def evaluate_encoders(encoder: Encoder, labeled: dict[str, torch.Tensor], cfg: E
         for name, model in (("ssl", encoder), ("random_init", random_init))
     }
     features["raw_pixels"] = (raw_pixel_features(labeled["train_images"]), raw_pixel_features(labeled["test_images"]))
-    return {name: score(train_x, labeled["train_labels"], test_x, labeled["test_labels"], cfg) for name, (train_x, test_x) in features.items()}
+    scores = {}
+    for name, (train_x, test_x) in features.items():
+        scores[name] = score(train_x, labeled["train_labels"], test_x, labeled["test_labels"], cfg)
+        log.info("%s: linear probe %.3f, kNN %.3f", name, scores[name]["linear_probe_acc"], scores[name]["knn_acc"])
+    return scores
 
 
 def protocol_version(cfg: EvaluateConfig) -> str:
@@ -64,6 +70,7 @@ def label_efficiency(
         scratch_acc, _ = finetune_accuracy(encoder, train, test, num_classes, settings, fraction, random_init=True, device=device)
         labels = len(stratified_subset(train[1], fraction, settings.seed))
         rows.append({"fraction": fraction, "labels": labels, "ssl_finetune": ssl_acc, "scratch": scratch_acc})
+        log.info("%d labels (%s): fine-tuned %.3f, from scratch %.3f", labels, percent(fraction), ssl_acc, scratch_acc)
     return rows
 
 

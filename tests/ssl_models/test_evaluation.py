@@ -51,4 +51,12 @@ def test_encoder_round_trip_without_pickle(tmp_path):
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     assert torch.allclose(extract_features(encoder, images), extract_features(loaded, images))
     assert extract_features(loaded, images).shape == (5, 32)
-    assert raw_pixel_features(images).shape == (5, 3 * 32 * 32)
+
+
+def test_raw_pixel_baseline_is_at_most_32_px():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(raw_pixel_features(images), images.flatten(1).float() / 255)
+    large = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    pooled = raw_pixel_features(large)  # area-averaged to 32 px: 3,072 features, not 150,528
+    assert pooled.shape == (3, 3 * 32 * 32)
+    assert torch.allclose(pooled[0, 0], large[0, 0, :7, :7].float().mean() / 255)
