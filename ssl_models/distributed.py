@@ -163,6 +163,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, by rank (e.g. RNG states for a checkpoint); ``[obj]``
+    with one process. A collective: every rank must call it at the same point."""
+    world_size = world()[1]
+    if world_size == 1:
+        return [obj]
+    objects: list[Any] = [None] * world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 @torch.no_grad()
 def broadcast_from_main(x: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``x`` on every rank (e.g. a shared random permutation)."""
@@ -361,6 +372,7 @@ __all__ = [
     "broadcast_from_main",
     "convert_sync_batchnorm",
     "gather",
+    "gather_objects",
     "gather_with_grad",
     "is_main",
     "launch",

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tests.conftest import REPO
 
 
-def _sslpipe(*args, cwd, wait=True):
+def sslpipe_module(*args, cwd, wait=True):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "flows.cli", *args]
     if not wait:
@@ -28,7 +28,7 @@ def _sslpipe(*args, cwd, wait=True):
 
 def _prepare(root: Path) -> None:
     for stage in ("validate", "ingest", "augment"):
-        _sslpipe(stage, "-q", "--set", "pretrain.epochs=3", cwd=root)
+        sslpipe_module(stage, "-q", "--set", "pretrain.epochs=3", cwd=root)
 
 
 def _weights(root: Path) -> bytes:
@@ -42,10 +42,10 @@ def test_a_killed_pretraining_resumes_to_the_same_encoder_in_the_same_run(projec
     _prepare(project)
     _prepare(twin)
 
-    _sslpipe("pretrain", "-q", *settings, cwd=project)  # uninterrupted
+    sslpipe_module("pretrain", "-q", *settings, cwd=project)  # uninterrupted
     expected = _weights(project)
 
-    process = _sslpipe("pretrain", "-q", *settings, cwd=twin, wait=False)
+    process = sslpipe_module("pretrain", "-q", *settings, cwd=twin, wait=False)
     checkpoints = twin / ".sslpipe" / "checkpoints"
     deadline = time.monotonic() + 600
     while not any(checkpoints.glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
@@ -55,7 +55,7 @@ def test_a_killed_pretraining_resumes_to_the_same_encoder_in_the_same_run(projec
     process.wait(timeout=30)
     assert not (twin / "models" / "encoder").exists()
 
-    again = _sslpipe("pretrain", *settings, cwd=twin)
+    again = sslpipe_module("pretrain", *settings, cwd=twin)
     assert "resuming pretraining" in again.stderr
     assert _weights(twin) == expected  # bit for bit on the CPU
     assert not any(checkpoints.glob("*.pt"))  # removed once the encoder is written
