@@ -4,11 +4,11 @@ pipeline's run, and the encoder is registered. (`dvc repro`: tests/test_dvc_pipe
 
 from mlflow import MlflowClient
 
-from tests.flows.test_resume import sslpipe_module as sslpipe
+from tests.conftest import run_sslpipe
 
 
 def test_sslpipe_run_trains_in_two_processes(project, mlflow_store):
-    sslpipe("run", "-q", "--set", "pretrain.processes=2", cwd=project)
+    run_sslpipe("run", "-q", "--set", "pretrain.processes=2", cwd=project)
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
     version = client.get_model_version_by_alias("ssl-encoder", "challenger")
