@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -296,7 +298,20 @@ def _init_from_env() -> None:
     dist.init_process_group(_backend())
 
 
-def _worker(local_rank: int, world_size: int, port: int, result_dir: str, fn: Callable, args: tuple) -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when the process that launched it dies (Linux). A worker that
+    outlived a killed stage would go on training and writing the checkpoint while the same
+    command, started again, resumes from it with workers of its own."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl: nobody would signal us
+        os._exit(1)
+
+
+def _worker(local_rank: int, world_size: int, port: int, result_dir: str, parent: int, fn: Callable, args: tuple) -> None:
+    _die_with_parent(parent)
     # What torchrun would have set for this process.
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank)
@@ -354,7 +369,7 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any
     with tempfile.TemporaryDirectory(prefix="sslpipe-launch-") as result_dir:
         try:
             # join=True: on the first failure the other workers are terminated and joined.
-            mp.spawn(_worker, args=(count, _free_port(), result_dir, fn, args), nprocs=count, join=True)
+            mp.spawn(_worker, args=(count, _free_port(), result_dir, os.getpid(), fn, args), nprocs=count, join=True)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             first = _first_error(result_dir)
             if first is not None:

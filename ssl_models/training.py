@@ -261,7 +261,7 @@ def pretrain(
     """
     if (rank, world_size) != world():
         raise ValueError(f"rank {rank} of {world_size} given, but this process is rank {world()[0]} of {world()[1]}: start it with launch()")
-    # Rank 0 draws what a single process draws; the others other views of their own images.
+    # Rank 0 draws what a single process draws; the other ranks draw views of their own.
     torch.manual_seed(settings.seed + rank)
     device = torch.device(device)
     enable_fast_math(device)
