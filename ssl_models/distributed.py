@@ -44,7 +44,9 @@ all_gather needs equal shapes and every rank must join every collective.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -322,13 +324,24 @@ def _worker(local_rank: int, world_size: int, port: int, result_dir: str, parent
     try:
         result = fn(local_rank, world_size, *args)
         torch.save(result, Path(result_dir) / f"rank{local_rank}.pt")
-    except BaseException:
+    except BaseException as error:
         # When one rank fails, its peers fail too, inside their next collective; the
         # time tells launch() which error came first, the cause rather than an echo.
         (Path(result_dir) / f"rank{local_rank}.error").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
+        with contextlib.suppress(Exception):  # the exception itself, for launch(expected=...)
+            (Path(result_dir) / f"rank{local_rank}.exception").write_bytes(pickle.dumps(error))
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _raised(result_dir: str, rank: int) -> BaseException | None:
+    """The exception worker ``rank`` raised, if it could be pickled."""
+    path = Path(result_dir) / f"rank{rank}.exception"
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 - absent or not unpicklable: the traceback text remains
+        return None
 
 
 def _first_error(result_dir: str) -> tuple[int, str] | None:
@@ -340,7 +353,7 @@ def _first_error(result_dir: str) -> tuple[int, str] | None:
     return min(errors)[1:] if errors else None
 
 
-def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any]:
+def launch(fn: Callable[..., Any], processes: int | str, *args: Any, expected: tuple[type[BaseException], ...] = ()) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` data-parallel; return the results by rank.
 
     - Under torchrun (``already_launched()``): join its process group, run ``fn`` here
@@ -350,7 +363,8 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any
       module-level function), wait for all, and return their results.
 
     A worker's exception stops the other workers (none is left running) and is raised
-    as ``WorkerFailed`` with the worker's rank and traceback.
+    as ``WorkerFailed`` with the worker's rank and traceback; one of the ``expected``
+    types (a fault whose message says it all, e.g. a diverged loss) is raised as it is.
     """
     if already_launched():
         joined = not dist.is_initialized()
@@ -373,6 +387,9 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             first = _first_error(result_dir)
             if first is not None:
+                raised = _raised(result_dir, first[0])
+                if isinstance(raised, expected):
+                    raise raised from None
                 raise WorkerFailed(f"worker rank {first[0]} of {count} failed (the others were stopped):\n{first[1].strip()}") from None
             reason = error.msg.strip() if isinstance(error, mp.ProcessRaisedException) else f"died with exit code {error.exit_code}"
             raise WorkerFailed(f"worker rank {error.error_index} of {count} failed (the others were stopped): {reason}") from None

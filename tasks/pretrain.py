@@ -31,7 +31,7 @@ from ssl_models.augment import ViewPolicy
 from ssl_models.distributed import is_main, launch
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.methods import build_method, check_image_size
-from ssl_models.training import EpochStats, checkpoint_extra, pretrain as train
+from ssl_models.training import EpochStats, TrainingDiverged, checkpoint_extra, pretrain as train
 from tasks.atomic import staged_dir, write_rows
 from tasks.config import PretrainConfig
 from tasks.context import StageContext
@@ -65,7 +65,8 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
         log_training_dataset("unlabeled", prepared.data_version, cfg.data.unlabeled, images, tracker.run_id)
         log.info("pretraining %s on %d images, %s, %s, %d process(es)", p.method, images, p.device, p.backbone, p.processes)
     job = TrainJob(p, size, cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, tracker.run_id if main else "")
-    trained = launch(_train, p.processes, job)[0]  # rank 0's result (this rank's under torchrun)
+    # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
+    trained = launch(_train, p.processes, job, expected=(TrainingDiverged,))[0]
     if not main:
         return Pretrained(str(layout.encoder), "", "", p.method)
     history, weights = trained
