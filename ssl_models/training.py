@@ -260,7 +260,8 @@ def pretrain(
     ``training_step`` input instead of images (text: token ids (N, L) int32 -> int64).
     """
     if (rank, world_size) != world():
-        raise ValueError(f"rank {rank} of {world_size} given, but this process is rank {world()[0]} of {world()[1]}: start it with launch()")
+        here = "rank {} of {}".format(*world())
+        raise ValueError(f"rank {rank} of {world_size} given, but this process is {here}: start it with launch()")
     # Rank 0 draws what a single process draws; the other ranks draw views of their own.
     torch.manual_seed(settings.seed + rank)
     device = torch.device(device)
@@ -375,7 +376,8 @@ def pretrain(
                     if world_size > 1:
                         # Each rank sees the signal at its own step, so they cannot meet in a
                         # collective to save together: the last checkpoint is the one to resume.
-                        raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {checkpoint_path.parent}")
+                        last = checkpoint_path.parent
+                        raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {last}")
                     save(running())
                     raise KeyboardInterrupt(f"interrupted at {where}; checkpoint saved to {checkpoint_path}: run the same command again to resume")
             if device.type == "cuda":

@@ -129,11 +129,16 @@ class PretrainConfig(Section):
                 "weight_decay": pick("weight_decay"),
                 "device": str(resolve_device(self.device)),
                 "precision": self.precision if self.precision != "auto" else ("bf16" if resolve_device(self.device).type == "cuda" else "fp32"),
-                # auto: one process per GPU when training on GPUs; on the CPU one process already
-                # uses every core, so more would only split them (benchmarks/results/distributed-cpu.json).
-                "processes": 1 if self.processes == "auto" and resolve_device(self.device).type != "cuda" else resolve_processes(self.processes),
+                "processes": self._processes(),
             }
         )
+
+    def _processes(self) -> int:
+        # auto: one process per GPU when training on GPUs; on the CPU one process already
+        # uses every core, so more would only split them (benchmarks/results/distributed-cpu.json).
+        if self.processes == "auto" and resolve_device(self.device).type != "cuda":
+            return 1
+        return resolve_processes(self.processes)
 
     def settings(self) -> TrainSettings:
         """The training loop's settings; call on a :meth:`resolved` config."""

@@ -59,12 +59,12 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
             tracker.adopt(resumed)  # the killed run's metrics continue in the same MLflow run
             log.info("resuming pretraining from %s (MLflow run %s)", checkpoint, resumed)
         images = len(open_unlabeled(prepared.unlabeled))
-        tracker.set_tags(
-            {"git_commit": git_commit(layout.root), "data_version": prepared.data_version, "method": p.method, "backbone": p.backbone, "device": p.device, "images": images}
-        )
+        tags = {"git_commit": git_commit(layout.root), "data_version": prepared.data_version, "method": p.method, "backbone": p.backbone}
+        tracker.set_tags({**tags, "device": p.device, "images": images})
         log_training_dataset("unlabeled", prepared.data_version, cfg.data.unlabeled, images, tracker.run_id)
         log.info("pretraining %s on %d images, %s, %s, %d process(es)", p.method, images, p.device, p.backbone, p.processes)
-    job = TrainJob(p, size, cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, tracker.run_id if main else "")
+    run_id = tracker.run_id if main else ""  # only rank 0 touches the run
+    job = TrainJob(p, size, cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
     trained = launch(_train, p.processes, job, expected=(TrainingDiverged,))[0]
     if not main:
@@ -120,7 +120,7 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0
     extra = {"run_id": job.run_id}
-    history = train(method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra=extra, rank=rank, world_size=world_size)
+    history = train(method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size)
     if rank != 0:
         return None
     return history, {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}

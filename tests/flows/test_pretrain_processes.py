@@ -2,11 +2,13 @@
 CPU, through `sslpipe run`; the run's MLflow params say 2, rank 0 logged every epoch into the
 pipeline's run, and the encoder is registered. (`dvc repro`: tests/test_dvc_pipeline.py.)"""
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import run_sslpipe
 
 
+@pytest.mark.slow  # the whole pipeline, with a temporary Prefect server: about a minute
 def test_sslpipe_run_trains_in_two_processes(project, mlflow_store):
     run_sslpipe("run", "-q", "--set", "pretrain.processes=2", cwd=project)
 

@@ -258,7 +258,8 @@ def wait_forever(rank: int, world_size: int, pid_dir: str) -> None:
 
 def test_workers_die_with_a_killed_launcher(tmp_path):
     """kill -9 of the stage must not leave its workers training (and writing its checkpoint)."""
-    script = f"from ssl_models.distributed import launch; from tests.ssl_models.test_distributed import wait_forever; launch(wait_forever, 2, {str(tmp_path)!r})"
+    imports = "from ssl_models.distributed import launch; from tests.ssl_models.test_distributed import wait_forever"
+    script = f"{imports}; launch(wait_forever, 2, {str(tmp_path)!r})"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     launcher = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.monotonic() + 120
