@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ssl_models.augment import ViewPolicy
 from ssl_models.device import resolve_device
-from ssl_models.distributed import resolve_processes
+from ssl_models.distributed import already_launched, resolve_processes
 from ssl_models.finetune import FinetuneSettings
 from ssl_models.training import TrainSettings
 
@@ -134,6 +135,8 @@ class PretrainConfig(Section):
         )
 
     def _processes(self) -> int:
+        if already_launched():  # under torchrun, torchrun's count is the one used
+            return int(os.environ["WORLD_SIZE"])
         # auto: one process per GPU when training on GPUs; on the CPU one process already
         # uses every core, so more would only split them (benchmarks/results/distributed-cpu.json).
         if self.processes == "auto" and resolve_device(self.device).type != "cuda":

@@ -21,6 +21,7 @@ which writes the encoder as with one process. One process runs :func:`_train` ri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
         if resumed:
             tracker.adopt(resumed)  # the killed run's metrics continue in the same MLflow run
             log.info("resuming pretraining from %s (MLflow run %s)", checkpoint, resumed)
-        images = len(open_unlabeled(prepared.unlabeled))
+        with contextlib.closing(open_unlabeled(prepared.unlabeled)) as reader:  # each process opens its own
+            images = len(reader)
         tags = {"git_commit": git_commit(layout.root), "data_version": prepared.data_version, "method": p.method, "backbone": p.backbone}
         tracker.set_tags({**tags, "device": p.device, "images": images})
         log_training_dataset("unlabeled", prepared.data_version, cfg.data.unlabeled, images, tracker.run_id)

@@ -85,7 +85,7 @@ def test_resolved_config_has_no_auto():
     assert (mae.backbone, mae.optimizer, mae.lr) == ("vit_tiny", "adamw", 1.5e-3)
 
 
-def test_processes_resolve_to_the_count_used():
+def test_processes_resolve_to_the_count_used(monkeypatch):
     assert load_config(None).resolved().flat()["pretrain.processes"] == 1
     assert load_config(None, ["pretrain.processes=2"]).resolved().flat()["pretrain.processes"] == 2
     # auto: one per GPU; on the CPU one process already uses every core
@@ -93,6 +93,9 @@ def test_processes_resolve_to_the_count_used():
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match="pretrain.processes"):
             load_config(None, [f"pretrain.processes={bad}"])
+    monkeypatch.setenv("RANK", "1")  # under torchrun: its count
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert load_config(None).resolved().pretrain.processes == 4
 
 
 @pytest.mark.parametrize("override", ["pretrain.method_params={a: [1", "data.unlabeled=*alias", "pretrain.lr=: x"])
