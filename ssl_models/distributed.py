@@ -43,8 +43,8 @@ all_gather needs equal shapes and every rank must join every collective.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -340,7 +340,7 @@ def _raised(result_dir: str, rank: int) -> BaseException | None:
     path = Path(result_dir) / f"rank{rank}.exception"
     try:
         return pickle.loads(path.read_bytes())
-    except Exception:  # noqa: BLE001 - absent or not unpicklable: the traceback text remains
+    except Exception:  # noqa: BLE001 - absent, or it cannot be unpickled: the traceback text remains
         return None
 
 
