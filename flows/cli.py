@@ -304,6 +304,13 @@ def _is_interrupt(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "TerminationSignal"
 
 
+def _torchrun_worker() -> bool:
+    """A rank other than 0 of a torchrun job (docs/distributed.md). Rank 0 holds the root's lock
+    and cleans up for the job; this one only trains: waiting for the lock, it would block rank 0,
+    which waits for it to join the process group."""
+    return "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0"
+
+
 def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) -> None:
     """Under the root's lock: clean what a killed run left, check the servers, and for a
     flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
@@ -370,7 +377,7 @@ def _main(args: argparse.Namespace, guard) -> int:
     try:
         with contextlib.ExitStack() as stack:
             try:
-                if args.command in LOCKED:
+                if args.command in LOCKED and not _torchrun_worker():
                     _prepare_root(args, stack, guard)
                 return COMMANDS.get(args.command, run_stage)(args)
             except BaseException as err:

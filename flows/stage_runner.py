@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ssl_models.distributed import is_main
 from tasks.config import PipelineConfig
 from tasks.context import StageContext
 from tasks.layout import Layout
@@ -44,6 +45,6 @@ def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = T
         own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     own.end()
-    if getattr(result, "success", True):
+    if getattr(result, "success", True) and is_main():  # under torchrun, rank 0 alone records it
         mark_done(stage, layout.root, cfg)
     return result

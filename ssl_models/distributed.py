@@ -43,9 +43,13 @@ all_gather needs equal shapes and every rank must join every collective.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
+import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -161,6 +165,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, by rank (e.g. RNG states for a checkpoint); ``[obj]``
+    with one process. A collective: every rank must call it at the same point."""
+    world_size = world()[1]
+    if world_size == 1:
+        return [obj]
+    objects: list[Any] = [None] * world_size
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 @torch.no_grad()
@@ -285,7 +300,20 @@ def _init_from_env() -> None:
     dist.init_process_group(_backend())
 
 
-def _worker(local_rank: int, world_size: int, port: int, result_dir: str, fn: Callable, args: tuple) -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when the process that launched it dies (Linux). A worker that
+    outlived a killed stage would go on training and writing the checkpoint while the same
+    command, started again, resumes from it with workers of its own."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl: nobody would signal us
+        os._exit(1)
+
+
+def _worker(local_rank: int, world_size: int, port: int, result_dir: str, parent: int, fn: Callable, args: tuple) -> None:
+    _die_with_parent(parent)
     # What torchrun would have set for this process.
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank)
@@ -296,13 +324,24 @@ def _worker(local_rank: int, world_size: int, port: int, result_dir: str, fn: Ca
     try:
         result = fn(local_rank, world_size, *args)
         torch.save(result, Path(result_dir) / f"rank{local_rank}.pt")
-    except BaseException:
+    except BaseException as error:
         # When one rank fails, its peers fail too, inside their next collective; the
         # time tells launch() which error came first, the cause rather than an echo.
         (Path(result_dir) / f"rank{local_rank}.error").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
+        with contextlib.suppress(Exception):  # the exception itself, for launch(expected=...)
+            (Path(result_dir) / f"rank{local_rank}.exception").write_bytes(pickle.dumps(error))
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _raised(result_dir: str, rank: int) -> BaseException | None:
+    """The exception worker ``rank`` raised, if it could be pickled."""
+    path = Path(result_dir) / f"rank{rank}.exception"
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 - absent, or it cannot be unpickled: the traceback text remains
+        return None
 
 
 def _first_error(result_dir: str) -> tuple[int, str] | None:
@@ -314,7 +353,7 @@ def _first_error(result_dir: str) -> tuple[int, str] | None:
     return min(errors)[1:] if errors else None
 
 
-def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any]:
+def launch(fn: Callable[..., Any], processes: int | str, *args: Any, expected: tuple[type[BaseException], ...] = ()) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` data-parallel; return the results by rank.
 
     - Under torchrun (``already_launched()``): join its process group, run ``fn`` here
@@ -324,7 +363,8 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any
       module-level function), wait for all, and return their results.
 
     A worker's exception stops the other workers (none is left running) and is raised
-    as ``WorkerFailed`` with the worker's rank and traceback.
+    as ``WorkerFailed`` with the worker's rank and traceback; one of the ``expected``
+    types (a fault whose message says it all, e.g. a diverged loss) is raised as it is.
     """
     if already_launched():
         joined = not dist.is_initialized()
@@ -343,10 +383,13 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any) -> list[Any
     with tempfile.TemporaryDirectory(prefix="sslpipe-launch-") as result_dir:
         try:
             # join=True: on the first failure the other workers are terminated and joined.
-            mp.spawn(_worker, args=(count, _free_port(), result_dir, fn, args), nprocs=count, join=True)
+            mp.spawn(_worker, args=(count, _free_port(), result_dir, os.getpid(), fn, args), nprocs=count, join=True)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             first = _first_error(result_dir)
             if first is not None:
+                raised = _raised(result_dir, first[0])
+                if isinstance(raised, expected):
+                    raise raised from None
                 raise WorkerFailed(f"worker rank {first[0]} of {count} failed (the others were stopped):\n{first[1].strip()}") from None
             reason = error.msg.strip() if isinstance(error, mp.ProcessRaisedException) else f"died with exit code {error.exit_code}"
             raise WorkerFailed(f"worker rank {error.error_index} of {count} failed (the others were stopped): {reason}") from None
@@ -361,6 +404,7 @@ __all__ = [
     "broadcast_from_main",
     "convert_sync_batchnorm",
     "gather",
+    "gather_objects",
     "gather_with_grad",
     "is_main",
     "launch",

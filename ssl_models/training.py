@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssl_models.data import EpochSampler, ImageSource, PrefetchLoader, as_source
+from ssl_models.distributed import gather_objects, world, wrap_for_training
 from ssl_models.memory_format import training_memory_format
 from ssl_models.methods.base import SSLMethod
 
@@ -249,18 +250,29 @@ def pretrain(
     from it (same settings required) and ``on_epoch_end`` is called for the remaining
     epochs only. ``extra``: caller data stored in the checkpoint (read it back with
     :func:`checkpoint_extra`). ``rank`` / ``world_size``: this process's share of each
-    global batch (see :class:`~ssl_models.data.EpochSampler`); only rank 0 writes.
+    global batch (see :class:`~ssl_models.data.EpochSampler`); they must be those of the
+    process group this process is in (:func:`ssl_models.distributed.launch` sets it up).
+    ``settings.batch_size`` is the global batch: each rank takes ``batch_size // world_size``
+    images a step, and the learning rate follows the global batch, so a recipe means the
+    same on any number of processes. Every rank draws its own views (seed + rank); only
+    rank 0 writes the checkpoint, with every rank's RNG state in it.
     A method with a ``prepare_batch(batch)`` method turns its own rows into its
     ``training_step`` input instead of images (text: token ids (N, L) int32 -> int64).
     """
-    torch.manual_seed(settings.seed)
+    if (rank, world_size) != world():
+        here = "rank {} of {}".format(*world())
+        raise ValueError(f"rank {rank} of {world_size} given, but this process is {here}: start it with launch()")
+    # Rank 0 draws what a single process draws; the other ranks draw views of their own.
+    torch.manual_seed(settings.seed + rank)
     device = torch.device(device)
     enable_fast_math(device)
     amp_dtype = autocast_dtype(settings.precision, device)
     memory_format = training_memory_format(method, settings.channels_last)
     method = method.to(device, memory_format=memory_format)  # type: ignore[assignment]
     source = as_source(images)
-    batch_size = min(settings.batch_size, len(source) // world_size)
+    batch_size = min(settings.batch_size, len(source)) // world_size  # this rank's share of the global batch
+    if batch_size < 1:
+        raise ValueError(f"a global batch of {settings.batch_size} cannot be split over {world_size} processes")
     sampler = EpochSampler(len(source), batch_size, settings.seed, rank, world_size)
     steps_per_epoch = len(sampler)  # the ragged end is dropped: BN needs full batches
     prepare_batch = getattr(method, "prepare_batch", None)  # optional: methods whose data is not uint8 images
@@ -290,19 +302,27 @@ def pretrain(
         sampler.load_state_dict(state["sampler"])
         step, partial = state["step"], state["partial"]
         history = [EpochStats(**row) for row in state["history"]]
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng_by_rank"][rank] if world_size > 1 else state["rng"])
         log.info("resuming from %s: epoch %d, step %d of %d", checkpoint_path, sampler.epoch, sampler.position, steps_per_epoch)
+    # DDP (and SyncBN where the method asks) with several processes; after the checkpoint is
+    # loaded, so that DDP's initial broadcast sends the resumed weights. One process: the
+    # method's own training_step.
+    training_step = wrap_for_training(method, device)
     if settings.compile:
         compile_method(method)
     loader = PrefetchLoader(source, sampler, device, settings.prefetch_batches)
 
     def save(partial_state: dict | None) -> None:
-        if checkpoint_path is None or rank != 0:
+        # Every rank calls this at the same step: gathering the RNG states is a collective.
+        if checkpoint_path is None:
+            return
+        rng_by_rank = gather_objects(_rng_state())
+        if rank != 0:
             return
         _save_checkpoint(checkpoint_path, {
             "format": 2, "fingerprint": fingerprint, "epoch": len(history),
             "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(), "step": step, "rng": _rng_state(),
+            "sampler": sampler.state_dict(), "step": step, "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank,
             "history": [asdict(s) for s in history], "partial": partial_state, "extra": dict(extra or {}),
         })  # fmt: skip
 
@@ -327,7 +347,7 @@ def pretrain(
                 else:  # uint8 images -> float in [0, 1]
                     x = batch.float().div_(255).contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    out = method.training_step(x)
+                    out = training_step(x)
                 loss = out.loss.float()
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
@@ -347,12 +367,18 @@ def pretrain(
                 if progress:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                 every = settings.checkpoint_every_steps
-                if interrupt["requested"] or (every and step % every == 0 and sampler.position < steps_per_epoch):
+                if every and step % every == 0 and sampler.position < steps_per_epoch:
                     save(running())
                 if interrupt["requested"]:
                     where = f"epoch {epoch}, step {sampler.position} of {steps_per_epoch}"
                     if checkpoint_path is None:
                         raise KeyboardInterrupt(f"interrupted at {where}; no checkpoint path, nothing saved")
+                    if world_size > 1:
+                        # Each rank sees the signal at its own step, so they cannot meet in a
+                        # collective to save together: the last checkpoint is the one to resume.
+                        last = checkpoint_path.parent
+                        raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {last}")
+                    save(running())
                     raise KeyboardInterrupt(f"interrupted at {where}; checkpoint saved to {checkpoint_path}: run the same command again to resume")
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -362,7 +388,7 @@ def pretrain(
                 epoch=epoch,
                 loss=torch.stack(losses).mean().item(),
                 lr=optimizer.param_groups[0]["lr"],
-                images_per_s=steps_per_epoch * batch_size / elapsed,
+                images_per_s=steps_per_epoch * batch_size * world_size / elapsed,  # all ranks together
                 embedding_std=embedding_std(embeddings),
                 effective_rank=effective_rank(embeddings),
             )

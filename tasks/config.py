@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
+from ssl_models.distributed import already_launched, resolve_processes
 from ssl_models.finetune import FinetuneSettings
 from ssl_models.training import TrainSettings
 
@@ -113,6 +115,9 @@ class PretrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(_default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)")
     compile: bool = Field(_default(TrainSettings, "compile"), description="torch.compile the model: faster steps after a slow first one")
     checkpoint_every_steps: int = Field(_default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only")
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="data-parallel training processes (batch_size is the global batch); auto = one per GPU, 1 without"
+    )
 
     @model_validator(mode="after")
     def _method_exists(self) -> PretrainConfig:
@@ -138,8 +143,18 @@ class PretrainConfig(Section):
                 "weight_decay": pick("weight_decay"),
                 "device": str(resolve_device(self.device)),
                 "precision": self.precision if self.precision != "auto" else ("bf16" if resolve_device(self.device).type == "cuda" else "fp32"),
+                "processes": self._processes(),
             }
         )
+
+    def _processes(self) -> int:
+        if already_launched():  # under torchrun, torchrun's count is the one used
+            return int(os.environ["WORLD_SIZE"])
+        # auto: one process per GPU when training on GPUs; on the CPU one process already
+        # uses every core, so more would only split them (benchmarks/results/distributed-cpu.json).
+        if self.processes == "auto" and resolve_device(self.device).type != "cuda":
+            return 1
+        return resolve_processes(self.processes)
 
     def settings(self) -> TrainSettings:
         """The training loop's settings; call on a :meth:`resolved` config."""

@@ -150,3 +150,40 @@ def register_stage(layout, cfg) -> dict:
 
     run_alone("register", layout, cfg.resolved(), progress=False)
     return json.loads(layout.registered.read_text())
+
+
+def code_env() -> dict[str, str]:
+    """The environment for a child process that runs this checkout's code."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_sslpipe(*args: str, cwd: Path):
+    """``python -m flows.cli ARGS`` in ``cwd`` with this checkout's code; asserts it succeeds."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=code_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def kill_at_first_checkpoint(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> None:
+    """Start ``command`` in ``cwd``, wait for pretraining's first resume checkpoint (written
+    after epoch 1), then SIGKILL the command's whole process group, as a power cut would
+    (dvc, the stage it runs, and any training processes the stage spawned)."""
+    import signal
+    import subprocess
+    import time
+
+    # A session of its own: the kill reaches every process the command started.
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoints = cwd / ".sslpipe" / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while not any(checkpoints.glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    if not any(checkpoints.glob("*.pt")):
+        process.kill()
+        raise AssertionError(f"no checkpoint after the first epoch: {process.communicate()[1][-3000:]}")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (cwd / "models" / "encoder").exists(), "the run ended before the kill: make it longer"

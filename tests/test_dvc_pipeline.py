@@ -1,6 +1,10 @@
 """dvc.yaml for real: `dvc repro` in a fresh git + DVC repo runs every stage, a second
-`dvc repro` runs nothing, and a changed pretrain param reruns only what follows it."""
+`dvc repro` runs nothing, and a changed pretrain param reruns only what follows it; and
+pretraining in 2 processes (the count in the run's MLflow params), killed after its first
+epoch, resumes under the next `dvc repro` to the uninterrupted run's encoder, bit for bit.
+(Registration after 2 processes: tests/flows/test_pretrain_processes.py.)"""
 
+import json
 import os
 import re
 import shutil
@@ -8,17 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, write_params
+from ssl_models.training import checkpoint_extra
+from tests.conftest import REPO, TINY_PARAMS, kill_at_first_checkpoint, write_params
 
 BIN = Path(sys.executable).parent
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
 def _run(*args, cwd):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env(), timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -27,19 +36,24 @@ def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
-def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data, mlflow_store):
-    root = tmp_path / "repo"
+def _dvc_repo(root: Path, tiny_data: dict[str, Path], **sections) -> Path:
+    """A fresh git + DVC repo at ``root`` with the code, dvc.yaml, the tiny data and params."""
     root.mkdir()
     for package in ("flows", "tasks", "ssl_models"):  # the code deps dvc.yaml lists
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
     for name, src in tiny_data.items():
         shutil.copytree(src, root / "data" / "input" / name)
-    write_params(root, "data/input/unlabeled", "data/input/labeled")
+    write_params(root, "data/input/unlabeled", "data/input/labeled", **sections)
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
     _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=root)
     _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data, mlflow_store):
+    root = _dvc_repo(tmp_path / "repo", tiny_data)
 
     first = _run("dvc", "repro", cwd=root)
     assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
@@ -68,3 +82,27 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
     assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
     assert "modified:           tasks/prepared.py" in status or "tasks/prepared.py" in status
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_kill(tmp_path, tiny_data, mlflow_store):
+    pretrain = {**TINY_PARAMS["pretrain"], "processes": 2, "epochs": 4, "width": 8}
+    root = _dvc_repo(tmp_path / "repo", tiny_data, pretrain=pretrain)
+    _run("dvc", "repro", "augment", cwd=root)  # the stages before pretrain, once for both copies
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin)
+    assert _ran(_run("dvc", "repro", "pretrain", cwd=twin)) == {"pretrain"}  # uninterrupted
+    expected = (twin / "models" / "encoder" / "weights.pt").read_bytes()
+
+    kill_at_first_checkpoint(["dvc", "repro", "pretrain"], root, env=_env())  # dvc, the stage and both workers
+    killed_run = checkpoint_extra(next((root / ".sslpipe" / "checkpoints").glob("*.pt")))["run_id"]
+    assert _ran(_run("dvc", "repro", "pretrain", cwd=root)) == {"pretrain"}
+
+    assert (root / "models" / "encoder" / "weights.pt").read_bytes() == expected  # bit for bit
+    assert json.loads((root / "models" / "encoder" / "config.json").read_text())["run_id"] == killed_run
+    client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
+    run = client.get_run(killed_run)
+    assert run.data.params["pretrain.processes"] == "2"
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(killed_run, "pretrain/loss")][-3:] == [2, 3, 4]
+    assert client.search_runs([run.info.experiment_id], "attributes.status = 'RUNNING'") == []

@@ -3,32 +3,18 @@ epoch, then the same command again, gives the uninterrupted run's encoder bit fo
 same MLflow run, and leaves no run RUNNING."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import REPO
-
-
-def _sslpipe(*args, cwd, wait=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "flows.cli", *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+from tests.conftest import code_env, kill_at_first_checkpoint, run_sslpipe
 
 
 def _prepare(root: Path) -> None:
     for stage in ("validate", "ingest", "augment"):
-        _sslpipe(stage, "-q", "--set", "pretrain.epochs=3", cwd=root)
+        run_sslpipe(stage, "-q", "--set", "pretrain.epochs=3", cwd=root)
 
 
 def _weights(root: Path) -> bytes:
@@ -42,20 +28,13 @@ def test_a_killed_pretraining_resumes_to_the_same_encoder_in_the_same_run(projec
     _prepare(project)
     _prepare(twin)
 
-    _sslpipe("pretrain", "-q", *settings, cwd=project)  # uninterrupted
+    run_sslpipe("pretrain", "-q", *settings, cwd=project)  # uninterrupted
     expected = _weights(project)
 
-    process = _sslpipe("pretrain", "-q", *settings, cwd=twin, wait=False)
+    kill_at_first_checkpoint([sys.executable, "-m", "flows.cli", "pretrain", "-q", *settings], twin, env=code_env())
     checkpoints = twin / ".sslpipe" / "checkpoints"
-    deadline = time.monotonic() + 600
-    while not any(checkpoints.glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert any(checkpoints.glob("*.pt")), "no checkpoint after the first epoch"
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert not (twin / "models" / "encoder").exists()
 
-    again = _sslpipe("pretrain", *settings, cwd=twin)
+    again = run_sslpipe("pretrain", *settings, cwd=twin)
     assert "resuming pretraining" in again.stderr
     assert _weights(twin) == expected  # bit for bit on the CPU
     assert not any(checkpoints.glob("*.pt"))  # removed once the encoder is written

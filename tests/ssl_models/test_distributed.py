@@ -10,7 +10,11 @@ process start-up once; the tests compare their results with a single-process run
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -239,6 +243,36 @@ def test_launch_raises_a_workers_failure_and_leaves_no_worker_running():
     with pytest.raises(WorkerFailed, match=r"(?s)rank 1 of 2.*ValueError: rank one refuses"):
         launch(fail_on_rank_one, 2)
     assert _worker_children() == []
+    with pytest.raises(ValueError, match="^rank one refuses$"):  # an expected fault: raised as it is
+        launch(fail_on_rank_one, 2, expected=(ValueError,))
+    assert _worker_children() == []
+
+
+def wait_forever(rank: int, world_size: int, pid_dir: str) -> None:
+    # As the training loop does, which finishes its step on the first SIGINT: torch's own
+    # parent-death signal (SIGINT) would leave it training on after the stage died.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(pid_dir) / str(os.getpid())).touch()
+    time.sleep(600)
+
+
+def test_workers_die_with_a_killed_launcher(tmp_path):
+    """kill -9 of the stage must not leave its workers training (and writing its checkpoint)."""
+    imports = "from ssl_models.distributed import launch; from tests.ssl_models.test_distributed import wait_forever"
+    script = f"{imports}; launch(wait_forever, 2, {str(tmp_path)!r})"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    launcher = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
+    workers = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(workers) == 2
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
 def test_one_process_runs_in_this_process_without_a_process_group(monkeypatch):

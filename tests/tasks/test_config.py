@@ -96,6 +96,19 @@ def test_resolved_config_has_no_auto():
     assert (mae.backbone, mae.optimizer, mae.lr) == ("vit_tiny", "adamw", 1.5e-3)
 
 
+def test_processes_resolve_to_the_count_used(monkeypatch):
+    assert load_config(None).resolved().flat()["pretrain.processes"] == 1
+    assert load_config(None, ["pretrain.processes=2"]).resolved().flat()["pretrain.processes"] == 2
+    # auto: one per GPU; on the CPU one process already uses every core
+    assert load_config(None, ["pretrain.processes=auto", "pretrain.device=cpu"]).resolved().pretrain.processes == 1
+    for bad in ("0", "many"):
+        with pytest.raises(ConfigError, match="pretrain.processes"):
+            load_config(None, [f"pretrain.processes={bad}"])
+    monkeypatch.setenv("RANK", "1")  # under torchrun: its count
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert load_config(None).resolved().pretrain.processes == 4
+
+
 @pytest.mark.parametrize("override", ["pretrain.method_params={a: [1", "data.unlabeled=*alias", "pretrain.lr=: x"])
 def test_yaml_error_in_an_override_is_a_config_error(override):
     with pytest.raises(ConfigError, match="not valid YAML"):
