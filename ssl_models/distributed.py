@@ -289,15 +289,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def _backend(device: str | torch.device | None = None) -> str:
+    """NCCL when training on GPUs, gloo on the CPU (also on a GPU machine told device=cpu)."""
+    on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return "nccl" if on_gpu else "gloo"
 
 
-def _init_from_env() -> None:
+def _init_from_env(backend: str) -> None:
     """Join the process group described by the environment (torchrun's variables)."""
-    if torch.cuda.is_available():
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(_backend())
+    dist.init_process_group(backend)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -312,15 +314,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(local_rank: int, world_size: int, port: int, result_dir: str, parent: int, fn: Callable, args: tuple) -> None:
+def _worker(local_rank: int, world_size: int, port: int, result_dir: str, parent: int, backend: str, fn: Callable, args: tuple) -> None:
     _die_with_parent(parent)
     # What torchrun would have set for this process.
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank)
     )
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+    if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # the ranks share the cores
-    _init_from_env()
+    _init_from_env(backend)
     try:
         result = fn(local_rank, world_size, *args)
         torch.save(result, Path(result_dir) / f"rank{local_rank}.pt")
@@ -353,7 +355,13 @@ def _first_error(result_dir: str) -> tuple[int, str] | None:
     return min(errors)[1:] if errors else None
 
 
-def launch(fn: Callable[..., Any], processes: int | str, *args: Any, expected: tuple[type[BaseException], ...] = ()) -> list[Any]:
+def launch(
+    fn: Callable[..., Any],
+    processes: int | str,
+    *args: Any,
+    expected: tuple[type[BaseException], ...] = (),
+    device: str | torch.device | None = None,
+) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` data-parallel; return the results by rank.
 
     - Under torchrun (``already_launched()``): join its process group, run ``fn`` here
@@ -365,11 +373,14 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any, expected: t
     A worker's exception stops the other workers (none is left running) and is raised
     as ``WorkerFailed`` with the worker's rank and traceback; one of the ``expected``
     types (a fault whose message says it all, e.g. a diverged loss) is raised as it is.
+    ``device`` (where ``fn`` trains) picks the backend: NCCL for CUDA, gloo otherwise;
+    None: CUDA when there is a GPU.
     """
+    backend = _backend(device)
     if already_launched():
         joined = not dist.is_initialized()
         if joined:
-            _init_from_env()
+            _init_from_env(backend)
         try:
             return [fn(dist.get_rank(), dist.get_world_size(), *args)]
         finally:
@@ -378,12 +389,12 @@ def launch(fn: Callable[..., Any], processes: int | str, *args: Any, expected: t
     count = resolve_processes(processes)
     if count == 1:
         return [fn(0, 1, *args)]
-    if count > torch.cuda.device_count() > 0:
+    if backend == "nccl" and count > torch.cuda.device_count():
         raise ValueError(f"processes={count} but only {torch.cuda.device_count()} GPU(s) are visible")
     with tempfile.TemporaryDirectory(prefix="sslpipe-launch-") as result_dir:
         try:
             # join=True: on the first failure the other workers are terminated and joined.
-            mp.spawn(_worker, args=(count, _free_port(), result_dir, os.getpid(), fn, args), nprocs=count, join=True)
+            mp.spawn(_worker, args=(count, _free_port(), result_dir, os.getpid(), backend, fn, args), nprocs=count, join=True)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             first = _first_error(result_dir)
             if first is not None:

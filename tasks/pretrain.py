@@ -68,7 +68,7 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
     run_id = tracker.run_id if main else ""  # only rank 0 touches the run
     job = TrainJob(p, size, cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
-    trained = launch(_train, p.processes, job, expected=(TrainingDiverged,))[0]
+    trained = launch(_train, p.processes, job, expected=(TrainingDiverged,), device=p.device)[0]
     if not main:
         return Pretrained(str(layout.encoder), "", "", p.method)
     history, weights = trained
