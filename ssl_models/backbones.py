@@ -301,6 +301,16 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def describe(name: str, image_size: int) -> str:
+    """A backbone name as it is built at ``image_size``, for logs and tags: the ResNet stem
+    and the ViT patch follow the size (``resnet18_cifar`` gets the ImageNet stem at 224 px)."""
+    if name.startswith("resnet"):
+        return f"{name}, {resolve_stem('auto', image_size)} stem"
+    if name.startswith("vit"):
+        return f"{name}, patch {default_patch_size(image_size)}"
+    return name
+
+
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Build a registered backbone by name.
 

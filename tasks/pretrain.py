@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ssl_models.augment import ViewPolicy
+from ssl_models.backbones import describe
 from ssl_models.distributed import is_main, launch
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.methods import build_method, check_image_size
@@ -62,9 +63,9 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
         with contextlib.closing(open_unlabeled(prepared.unlabeled)) as reader:  # each process opens its own
             images = len(reader)
         tags = {"git_commit": git_commit(layout.root), "data_version": prepared.data_version, "method": p.method, "backbone": p.backbone}
-        tracker.set_tags({**tags, "device": p.device, "images": images})
+        tracker.set_tags({**tags, "backbone_at_size": describe(p.backbone, size), "device": p.device, "images": images})
         log_training_dataset("unlabeled", prepared.data_version, cfg.data.unlabeled, images, tracker.run_id)
-        log.info("pretraining %s on %d images, %s, %s, %d process(es)", p.method, images, p.device, p.backbone, p.processes)
+        log.info("pretraining %s on %d images of %d px, %s, %s, %d process(es)", p.method, images, size, p.device, describe(p.backbone, size), p.processes)
     run_id = tracker.run_id if main else ""  # only rank 0 touches the run
     job = TrainJob(p, size, cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is

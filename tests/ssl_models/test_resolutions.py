@@ -57,3 +57,11 @@ def test_pretrain_evaluate_and_finetune_at_224_px():
     labels = torch.tensor([0, 1] * 4)
     classifier = train_classifier(encoder, TensorImages(images), labels, 2, FinetuneSettings(steps=2, batch_size=4))
     assert 0 <= classifier_accuracy(classifier, TensorImages(images), labels, batch_size=3) <= 1
+
+
+def test_a_backbone_is_described_as_built_at_its_size():
+    from ssl_models.backbones import describe
+
+    assert describe("resnet18_cifar", 224) == "resnet18_cifar, imagenet stem"  # the name is historical
+    assert describe("resnet18_cifar", 32) == "resnet18_cifar, cifar stem"
+    assert describe("vit_tiny", 224) == "vit_tiny, patch 16"
