@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ssl_models.augment import random_resized_crop
 from ssl_models.data import ImageSource, SubsetSource, as_source
@@ -117,11 +118,13 @@ def train_classifier(
     num_classes: int,
     settings: FinetuneSettings,
     device: torch.device | str = "cpu",
+    progress: str | None = None,
 ) -> Classifier:
     """Train ``encoder`` (updated in place) + a new linear head with cross-entropy.
 
     images: (N, 3, H, W) uint8 or an ImageSource (read batch by batch: only a batch is
     ever on the device), labels: (N,) int64. Returns the classifier in eval mode, on the CPU.
+    ``progress``: a progress bar over the steps with this description (None: no bar).
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
@@ -147,7 +150,7 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     classifier.train()
     order = torch.empty(0, dtype=torch.long)
-    for _ in range(settings.steps):
+    for _ in tqdm(range(settings.steps), desc=progress, disable=progress is None, leave=False):
         # Walk through shuffled passes over the data, so every labeled image is used equally often.
         while len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(source))])
@@ -183,11 +186,12 @@ def finetune_accuracy(
     fraction: float = 1.0,
     random_init: bool = False,
     device: torch.device | str = "cpu",
+    progress: str | None = None,
 ) -> tuple[float, Classifier]:
     """Train on a stratified ``fraction`` of ``train`` from the encoder's weights (or from
     scratch with ``random_init``) and return (test accuracy, classifier). ``encoder`` is not modified."""
     idx = stratified_subset(train[1], fraction, settings.seed)
     model = fresh_copy(encoder, random_init, settings.seed)
     images = train[0][idx] if isinstance(train[0], torch.Tensor) else SubsetSource(train[0], idx.numpy())
-    classifier = train_classifier(model, images, train[1][idx], num_classes, settings, device)
+    classifier = train_classifier(model, images, train[1][idx], num_classes, settings, device, progress)
     return classifier_accuracy(classifier, test[0], test[1], device), classifier

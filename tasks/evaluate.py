@@ -47,7 +47,7 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
     labeled = load_labeled(prepared.labeled)
     classes = load_classes(prepared.labeled)
     metrics: dict = evaluate_encoders(encoder, labeled, cfg.evaluate, device, cfg.pretrain.seed)
-    rows = label_efficiency(encoder, labeled, len(classes), cfg.evaluate.label_fractions, cfg.finetune.settings(), device)
+    rows = label_efficiency(encoder, labeled, len(classes), cfg.evaluate.label_fractions, cfg.finetune.settings(), device, ctx.progress)
     # The curve always ends at 100% (the config sees to it): from scratch there is the supervised reference.
     full = rows[-1]["scratch"]
     metrics["supervised_scratch"] = {"test_acc": full, "labels": rows[-1]["labels"]}

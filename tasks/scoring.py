@@ -59,15 +59,23 @@ def probe_accuracy(encoder: Encoder, labeled: dict[str, torch.Tensor], cfg: Eval
 
 
 def label_efficiency(
-    encoder: Encoder, labeled: dict[str, torch.Tensor], num_classes: int, fractions: list[float], settings: FinetuneSettings, device: torch.device
+    encoder: Encoder,
+    labeled: dict[str, torch.Tensor],
+    num_classes: int,
+    fractions: list[float],
+    settings: FinetuneSettings,
+    device: torch.device,
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """Fine-tuned SSL encoder vs the same architecture from scratch, per label fraction."""
     train = (labeled["train_images"], labeled["train_labels"])
     test = (labeled["test_images"], labeled["test_labels"])
     rows = []
     for fraction in fractions:
-        ssl_acc, _ = finetune_accuracy(encoder, train, test, num_classes, settings, fraction, random_init=False, device=device)
-        scratch_acc, _ = finetune_accuracy(encoder, train, test, num_classes, settings, fraction, random_init=True, device=device)
+        bar = f"fine-tune, {percent(fraction)} labels" if progress else None
+        ssl_acc, _ = finetune_accuracy(encoder, train, test, num_classes, settings, fraction, random_init=False, device=device, progress=bar)
+        bar = f"from scratch, {percent(fraction)} labels" if progress else None
+        scratch_acc, _ = finetune_accuracy(encoder, train, test, num_classes, settings, fraction, random_init=True, device=device, progress=bar)
         labels = len(stratified_subset(train[1], fraction, settings.seed))
         rows.append({"fraction": fraction, "labels": labels, "ssl_finetune": ssl_acc, "scratch": scratch_acc})
         log.info("%d labels (%s): fine-tuned %.3f, from scratch %.3f", labels, percent(fraction), ssl_acc, scratch_acc)
