@@ -275,8 +275,9 @@ COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "prom
 EXPECTED = (
     "tasks.sources:SourceError",
     "tasks.results:MissingInput",
-    "tasks.register:MismatchedScores",
+    "tasks.registry:MismatchedScores",
     "tasks.augment:AugmentPolicyError",
+    "tasks.text_pipeline:MaskingPolicyError",
     "tasks.validation_report:DataValidationError",
     "tasks.promote:PromotionError",
     "ssl_models.training:TrainingDiverged",

@@ -73,7 +73,7 @@ def percent(fraction: float) -> str:
 
 def summary_table(metrics: dict) -> str:
     lines = [f"{'encoder':<12} {'linear probe':>12} {'kNN':>8}", "-" * 34]
-    lines += [f"{name:<12} {metrics[name]['linear_probe_acc']:>12.3f} {metrics[name]['knn_acc']:>8.3f}" for name in ENCODERS if name in metrics]
+    lines += [f"{name:<12} {metrics[name]['linear_probe_acc']:>12.3f} {metrics[name]['knn_acc']:>8.3f}" for name in (*ENCODERS, "tfidf") if name in metrics]  # tfidf: text's bag-of-words baseline
     if "supervised_scratch" in metrics:
         lines.append(f"supervised reference (same architecture, from scratch, all labels): {metrics['supervised_scratch']['test_acc']:.3f}")
     if "label_efficiency" in metrics:

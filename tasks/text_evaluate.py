@@ -24,7 +24,7 @@ from torch import nn
 
 from ssl_models.evaluation import knn_accuracy, linear_probe
 from ssl_models.finetune import stratified_subset
-from ssl_models.text import PAD_ID, SPECIAL_TOKENS, TextEncoder, build_text_encoder
+from ssl_models.text import PAD_ID, SPECIAL_TOKENS, TextClassifier, TextEncoder, build_text_encoder
 from tasks.config import EvaluateConfig
 
 TEXT_ENCODERS = ("ssl", "random_init", "tfidf")
@@ -100,18 +100,6 @@ def text_probe_accuracy(encoder: TextEncoder, labeled: dict[str, torch.Tensor], 
 
 
 # --- label efficiency: fine-tuning ------------------------------------------------------------
-
-
-class TextClassifier(nn.Module):
-    """Text encoder + linear head on the mean-pooled features: token ids (B, L) -> logits (B, classes)."""
-
-    def __init__(self, encoder: TextEncoder, num_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.feature_dim, num_classes)
-
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.features(token_ids))
 
 
 def finetune_text_accuracy(

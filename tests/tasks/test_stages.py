@@ -8,7 +8,7 @@ from tasks.config import load_config
 from tasks.stages import PIPELINE, STAGES, code_deps, dvc_yaml, mark_done, stale_reason
 from tests.conftest import REPO
 
-STAGE_MODULES = {stage.module for stage in PIPELINE} | {"tasks.finetune"}
+STAGE_MODULES = {module for stage in PIPELINE for module in stage.modules} | {"tasks.finetune"}
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
