@@ -162,7 +162,7 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
 
     extra = {"run_id": tracker.run_id, "data_version": prepared.data_version}
     with staged_dir(layout.encoder) as staging:
-        history = pretrain_text(prepared.unlabeled, staging, settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress)
+        history = pretrain_text(Path(prepared.unlabeled), staging, settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress)
     rows = [{"epoch": s.epoch, **s.as_metrics()} for s in history]
     write_rows(layout.pretrain_reports / "history.csv", rows)
     tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png"), "plots")
