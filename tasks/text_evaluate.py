@@ -20,7 +20,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssl_models.evaluation import knn_accuracy, linear_probe
 from ssl_models.finetune import stratified_subset

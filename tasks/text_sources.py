@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import html
 import io
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path

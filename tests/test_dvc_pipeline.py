@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO, TINY_TEXT_PARAMS, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -68,3 +69,30 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
     assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
     assert "modified:           tasks/prepared.py" in status or "tasks/prepared.py" in status
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_text_pipeline(tmp_path, tiny_text, mlflow_store):
+    """The same dvc.yaml with params.yaml pointing at text: every stage runs its text function."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for package in ("flows", "tasks", "ssl_models"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    (root / "data" / "input").mkdir(parents=True)
+    for src in tiny_text.values():
+        shutil.copy(src, root / "data" / "input" / src.name)
+    write_params(root, "data/input/news.csv.gz", "data/input/news_labeled.csv.gz", **TINY_TEXT_PARAMS)
+    _run("git", "init", "-q", cwd=root)
+    _run("dvc", "init", "-q", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+
+    first = _run("dvc", "repro", cwd=root)
+    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+    assert {"ssl", "random_init", "tfidf"} <= set(yaml.safe_load((root / "reports" / "metrics.json").read_text()))
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    data_hash = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared/unlabeled")
+    version = MlflowClient(mlflow_store, registry_uri=mlflow_store).get_model_version_by_alias("ssl-text-encoder", "challenger")
+    assert version.tags["data_version"] == data_hash and version.tags["modality"] == "text"
+    assert _ran(_run("dvc", "repro", cwd=root)) == set()
