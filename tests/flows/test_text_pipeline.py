@@ -62,6 +62,14 @@ def test_sslpipe_run_and_finetune_on_text(text_project, mlflow_store):
     again = sslpipe("run", "-q", cwd=text_project)
     assert again.returncode == 0 and "nothing changed" in again.stdout
 
+    # A new tokenizer changes the evaluation data's token ids: the gate re-scores the text champion
+    # on them, through the champion's own tokenizer, before comparing.
+    retrained = sslpipe("run", "-q", "--set", "text.vocab_size=280", cwd=text_project)
+    assert retrained.returncode == 0, retrained.stdout[-3000:] + retrained.stderr[-3000:]
+    second = client.get_model_version("ssl-text-encoder", "2").tags
+    assert second["gate/champion_version"] == "1" and second["gate/champion_reevaluated"] == "true"
+    assert second["tokenizer_sha256"] != tags["tokenizer_sha256"]
+
     tuned = sslpipe("finetune", "--data", "input/news_labeled.csv.gz", "-q", cwd=text_project)
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
     assert "registered as ssl-text-classifier version 1" in tuned.stdout
