@@ -228,7 +228,7 @@ def _record(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: T
     }
     tracker.set_tags(tags)
     tracker.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
-    tracker.log_metrics({"test_acc": accuracy, "train_labels": metrics["train_labels"]})
+    tracker.log_metrics({"test_acc": metrics["test_acc"], "train_labels": metrics["train_labels"]})
     if "compare" in metrics:
         tracker.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})
     tracker.log_artifact(metrics_file)

