@@ -34,6 +34,7 @@ from tasks.mlflow_model import log_text_encoder_model, log_training_dataset, wei
 from tasks.plots import accuracy_bars, embedding_plot, label_efficiency_plot, masking_preview, training_curves
 from tasks.registry import check_scores_belong, lineage_tags, record_registration, register_version_and_gate
 from tasks.results import Evaluation, Prepared, Pretrained, Preview, Registered, Validated, file_sha256
+from tasks.scoring import log_evaluation
 from tasks.source_check import write_csv
 from tasks.sources import SourceError
 from tasks.text_evaluate import TEXT_ENCODERS, text_features, text_probe_accuracy
@@ -190,14 +191,7 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
         label_efficiency_plot(rows, reports / "label_efficiency.png"),
         embedding_plot(points, labeled["test_labels"][subset].tolist(), classes, reports / "embeddings.png", f"t-SNE of MLM test embeddings ({len(subset)} documents)"),
     ]
-    tracker.log_metrics({f"{name}/{key}": value for name in TEXT_ENCODERS for key, value in metrics[name].items()})
-    tracker.log_metrics({"supervised_scratch/test_acc": metrics["supervised_scratch"]["test_acc"]})
-    for row in rows:
-        tracker.log_metrics({f"label_efficiency/{key}": row[key] for key in ("ssl_finetune", "scratch")}, step=row["labels"])
-    tracker.log_artifact(out)
-    tracker.log_artifact(curve_csv)
-    for plot in plots:
-        tracker.log_artifact(plot, "plots")
+    log_evaluation(tracker, metrics, TEXT_ENCODERS, rows, [out, curve_csv], plots)
     return Evaluation(metrics, pretrained.weights_sha256, pretrained.run_id)
 
 
