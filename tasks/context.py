@@ -16,8 +16,3 @@ class StageContext:
     tracker: Tracker  # the MLflow run this stage logs into
     progress: bool = True  # progress bars on long work
     key: str = ""  # digest of this stage's code, params and inputs (tasks/stages.py): names its resume checkpoint
-
-    @property
-    def modality(self) -> str:
-        """"image" or "text": the modality follows ``data.unlabeled``."""
-        return self.cfg.modality(self.layout.root)
