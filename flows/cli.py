@@ -33,8 +33,11 @@ def _lock_option(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     _project(parser)
     _lock_option(parser)
-    parser.add_argument("--data", metavar="DIR", help="unlabeled images: a folder, a tar archive, or torchvision:NAME (sets data.unlabeled)")
-    parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class (sets data.labeled)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="unlabeled images (a folder, a tar archive, or torchvision:NAME) or text (a .txt, .jsonl, .csv(.gz) file or a folder of .txt; "
+        "then --set pretrain.method=mlm) (sets data.unlabeled)"
+    )
+    parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class, or labeled text (sets data.labeled)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _project(finetune)
     _lock_option(finetune)
-    finetune.add_argument("--data", dest="finetune_data", metavar="DIR", help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive (sets finetune.data)")
+    finetune.add_argument(
+        "--data", dest="finetune_data", metavar="DIR",
+        help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive; or labeled text (fine-tunes the text encoder) (sets finetune.data)",
+    )  # fmt: skip
     promote = commands.add_parser(
         "promote",
         help="make VERSION the @champion of ssl-encoder by hand",
@@ -241,7 +247,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     result = _result_of(finetune_flow(config=cfg, root=str(Path(args.root).resolve()), return_state=True), "fine-tuning")
     print(f"\n{summary(result)}")
-    print(f"classifier registered as {cfg.finetune.model_name} version {result['version']}; MLflow run {result['run_id']}")
+    print(f"classifier registered as {result['model_name']} version {result['version']}; MLflow run {result['run_id']}")
     return 0
 
 
@@ -275,8 +281,9 @@ COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "prom
 EXPECTED = (
     "tasks.sources:SourceError",
     "tasks.results:MissingInput",
-    "tasks.register:MismatchedScores",
+    "tasks.registry:MismatchedScores",
     "tasks.augment:AugmentPolicyError",
+    "tasks.text_pipeline:MaskingPolicyError",
     "tasks.validation_report:DataValidationError",
     "tasks.promote:PromotionError",
     "ssl_models.training:TrainingDiverged",

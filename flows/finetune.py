@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from tasks.config import PipelineConfig, load_config
-from tasks.finetune import finetune_prepare_stage, finetune_stage, no_encoder_message, register_classifier_stage, resolve_encoder_stage
+from tasks.finetune import finetune_modality, finetune_prepare_stage, finetune_stage, no_encoder_message, register_classifier_stage, resolve_encoder_stage
 from tasks.layout import Layout
 from tasks.tracking import Tracker, run_name
 
@@ -43,8 +43,8 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
     encoder = resolve_encoder_task(layout, cfg)
     if encoder is None:
-        return Failed(message=no_encoder_message(cfg))
-    prepared = finetune_prepare_task(layout, cfg, encoder.image_size)
+        return Failed(message=no_encoder_message(cfg, finetune_modality(layout, cfg)))
+    prepared = finetune_prepare_task(layout, cfg, encoder)
     if not prepared.ok:
         return Failed(message=prepared.message)
     tracker = Tracker(
@@ -59,8 +59,9 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
         raise
     tracker.end()
     result.pop("tags")
+    model_name = cfg.finetune.text_model_name if encoder.modality == "text" else cfg.finetune.model_name
     create_markdown_artifact(
         key="ssl-finetune-summary",
-        markdown=f"## {cfg.finetune.model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
+        markdown=f"## {model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
     )
-    return result | {"version": version, "images": prepared.counts}
+    return result | {"version": version, "model_name": model_name, "images": prepared.counts}  # images: documents for text

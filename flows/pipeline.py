@@ -2,6 +2,9 @@
 
 validate -> ingest -> augment -> pretrain -> evaluate -> register
 
+The modality follows ``data.unlabeled``: each stage runs its image or its text function
+(tasks/stages.py), with the same inputs, results and outputs.
+
 A stage whose code, params, inputs and outputs are unchanged since it last succeeded is
 skipped (its result is read back from its outputs); ``force`` reruns everything. The flow
 owns one MLflow run, created when a stage first logs: a run where nothing changed creates
@@ -45,8 +48,9 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: b
 def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
     from ssl_models.methods import check_image_size
 
-    p = cfg.pretrain
-    check_image_size(p.method, cfg.data.image_size, p.backbone, **p.method_params)  # a method that cannot work at this size says so first
+    p, modality = cfg.pretrain, cfg.modality(layout.root)
+    if modality == "image":  # a method that cannot work at this size says so first
+        check_image_size(p.method, cfg.data.image_size, p.backbone, **p.method_params)
     own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
     results: dict[str, object] = {}
     ran: dict[str, str] = {}
@@ -65,7 +69,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
             inputs = {name: results[name] for name in stage.inputs}
             ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), key=input_key(stage, layout.root, cfg))
             log.info("%s: running (%s)", stage.name, reason)
-            run = task(stage.load(), name=stage.name, task_run_name=stage.name, cache_policy=NO_CACHE)
+            run = task(stage.load(modality), name=stage.name, task_run_name=stage.name, cache_policy=NO_CACHE)
             result = run(ctx, *inputs.values())
             results[stage.name], ran[stage.name] = result, reason
             if stage.name == "validate":

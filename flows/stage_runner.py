@@ -40,7 +40,7 @@ def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = T
     own = pipeline_tracker(layout, cfg, f"{cfg.pretrain.method}-{name}" if name == "pretrain" else name, {"sslpipe.stage": name})
     tracker = tracker_for(stage, layout, cfg, inputs, own)
     try:
-        result = stage.load()(StageContext(layout, cfg, tracker, progress, input_key(stage, layout.root, cfg)), *inputs.values())
+        result = stage.load(cfg.modality(layout.root))(StageContext(layout, cfg, tracker, progress, input_key(stage, layout.root, cfg)), *inputs.values())
     except BaseException as err:
         own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

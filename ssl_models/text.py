@@ -25,8 +25,11 @@ torch.Size([1, 128])
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,59 @@ WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCHITECTURE = "text_transformer"
+
+
+@dataclass(frozen=True)
+class TextModelSettings:
+    """The text encoder, its tokenizer and its MLM pretraining: the defaults measured in
+    benchmarks/results/mlm.json (AG News, 2 CPU cores). The pipeline's ``text:`` params section
+    (tasks/config.py) reads its defaults from here."""
+
+    vocab_size: int = 4000
+    max_len: int = 64
+    dim: int = 64
+    depth: int = 2
+    heads: int | None = None  # dim // 32
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-2  # AdamW, per 256 documents (scaled linearly: 2.5e-3 at batch 64)
+    weight_decay: float = 0.01
+    warmup_epochs: int = 1
+    mask_prob: float = 0.15
+    whole_word: bool = False
+    seed: int = 0
+    method_params: dict = field(default_factory=dict)  # further MLM arguments (replace_prob, random_prob)
+
+
+# AG News (and other scraped corpora) lost the "&" of HTML entities ("#36;" is "$", "#39;" is
+# "'", "quot;" is '"') and joined lines with a backslash. A numeric entity is only taken when
+# it stands at a word start, so "issue #39; ..." style text is rare enough to accept the risk.
+_BARE_NUMERIC_ENTITY = re.compile(r"(?<![&\w])#(\d{2,5});")
+_BARE_NAMED_ENTITY = re.compile(r"(?<![&\w])(quot|amp|lt|gt);")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Undo scraping escapes and normalise whitespace; what the tokenizer sees.
+
+    - ``\\`` (a line join in AG News) becomes a space: nobody writes a literal backslash in news;
+    - ``#36;`` / ``#39;`` (entities whose "&" was lost) and real ``&#39;`` / ``&amp;`` entities
+      become their characters;
+    - runs of whitespace become one space, ends stripped.
+
+    >>> clean_text("costs  #36;10\\\\million, it#39;s &lt;b&gt;")
+    "costs $10 million, it's <b>"
+    """
+
+    def numeric(match: re.Match) -> str:
+        code = int(match.group(1))
+        return chr(code) if 0 < code < 0x110000 else match.group(0)
+
+    text = text.replace("\\", " ")
+    text = _BARE_NUMERIC_ENTITY.sub(numeric, text)
+    text = _BARE_NAMED_ENTITY.sub(lambda m: f"&{m.group(1)};", text)
+    text = html.unescape(text)
+    return _WHITESPACE.sub(" ", text).strip()
 
 
 def trim_padding(token_ids: torch.Tensor) -> torch.Tensor:
@@ -149,3 +205,30 @@ def load_text_encoder(directory: str | Path, map_location: str | torch.device = 
     encoder = build_text_encoder(config)
     encoder.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True))
     return encoder.eval()
+
+
+class TextClassifier(nn.Module):
+    """Text encoder + linear head on the mean-pooled features: token ids (B, L) -> logits (B, classes)."""
+
+    def __init__(self, encoder: TextEncoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.feature_dim, num_classes)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What rebuilds it (:func:`text_module_from_weights`): the encoder's config and the class count."""
+        return {"modality": "text", "encoder": self.encoder.config, "num_classes": self.head.out_features}
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.features(token_ids))
+
+
+def text_module_from_weights(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A text encoder or (config with ``num_classes``) a text classifier, from its config and weights."""
+    if "num_classes" in config:
+        module: nn.Module = TextClassifier(build_text_encoder(config["encoder"]), int(config["num_classes"]))
+    else:
+        module = build_text_encoder(config)
+    module.load_state_dict(state_dict)
+    return module.eval()

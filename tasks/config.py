@@ -25,6 +25,7 @@ from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
 from ssl_models.distributed import already_launched, resolve_processes
 from ssl_models.finetune import FinetuneSettings
+from ssl_models.text import TextModelSettings
 from ssl_models.training import TrainSettings
 
 
@@ -42,13 +43,15 @@ class DataConfig(Section):
     labeled: str = Field("data/sample/labeled.tar.gz", description="labeled evaluation images: train/<class>/ + test/<class>/, or <class>/ only")
     image_size: int = Field(32, ge=8, description="images are centre-cropped and resized to this side")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the labeled set has no train/test split")
+    text_columns: list[str] | None = Field(None, description="text sources (.csv): the columns holding the text; null: every column but label_column")
+    label_column: str = Field("label", description="text sources: the label column of a labeled .csv (a .jsonl's field is `label`)")
 
 
 Conversion = Literal["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", "resize"]
 
 
 class ValidateConfig(Section):
-    min_images: int = Field(16, ge=1, description="fewest images (after quarantine) worth training on")
+    min_images: int = Field(16, ge=1, description="fewest images or documents (after quarantine) worth training on")
     min_side: int = Field(8, ge=1, description="pixels; smaller is a fault (too_small)")
     max_side: int = Field(4096, ge=1, description="pixels; larger is a fault (too_large)")
     allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP"], description="read from the content, not the extension")
@@ -63,6 +66,11 @@ class ValidateConfig(Section):
     blank_std: float = Field(0.01, ge=0, description="every channel's std (0..1) at or below this: blank")
     drift_tolerance: float | None = Field(0.1, gt=0, description="dataset mean/std per channel vs data/reference_stats.json; null: off")
     workers: int = Field(0, ge=0, description="image-reading processes; 0: one per core, when it pays")
+    min_chars: int = Field(8, ge=1, description="text: a shorter document is a fault (too_short)")
+    max_chars: int = Field(100_000, ge=1, description="text: a longer document is a fault (too_long)")
+    max_control_share: float = Field(0.05, ge=0, le=1, description="text: a larger share of control characters or NUL bytes is binary content")
+    length_drift_tolerance: float | None = Field(0.25, gt=0, description="text: relative change of the mean length in words vs the reference; null: off")
+    vocab_drift_tolerance: float | None = Field(0.1, gt=0, description="text: rise of the out-of-vocabulary share vs the reference; null: off")
 
 
 # Knobs whose value depends on the image size: "auto" takes SimCLR's recipe for
@@ -126,9 +134,9 @@ class PretrainConfig(Section):
 
     def resolved(self) -> PretrainConfig:
         """Every ``auto`` replaced by the value that will be used (what MLflow records)."""
-        from ssl_models.methods import METHODS
+        from ssl_models.methods import method_class
 
-        method = METHODS[self.method]
+        method = method_class(self.method)
         recommended = getattr(method, "recommended", {})
 
         def pick(key: str) -> Any:
@@ -164,14 +172,42 @@ class PretrainConfig(Section):
 
 def check_method(name: str, params: dict[str, Any]) -> None:
     """The method exists and takes every hyperparameter given; the message lists what is valid."""
-    from ssl_models.methods import METHODS
+    from ssl_models.methods import METHODS, TEXT_METHODS
 
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    accepted = [p for p in inspect.signature(METHODS[name]).parameters if p not in ("encoder", "views")]
+    known = METHODS | TEXT_METHODS
+    if name not in known:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(known))}")
+    # continuation_ids come from the tokenizer (text.whole_word... is MLM's whole_word), never from the params.
+    accepted = [p for p in inspect.signature(known[name]).parameters if p not in ("encoder", "views", "continuation_ids")]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"{name} has no hyperparameter {', '.join(map(repr, unknown))}; valid: {', '.join(accepted) or 'none'}")
+
+
+class TextConfig(Section):
+    """Text sources (``pretrain.method: mlm``): the tokenizer, the encoder and its MLM training.
+
+    Defaults: ``ssl_models.text.TextModelSettings``. For text these replace ``pretrain``'s
+    epochs, batch size, lr, weight decay and warm-up (sized for images); MLM's own knobs
+    (``mask_prob``, ``whole_word``, ...) go in ``pretrain.method_params`` as for every method.
+    """
+
+    vocab_size: int = Field(_default(TextModelSettings, "vocab_size"), ge=100, description="BPE tokenizer trained on the unlabeled text")
+    max_len: int = Field(_default(TextModelSettings, "max_len"), ge=8, description="tokens per document ([CLS] ... [SEP]); longer ones are cut")
+    dim: int = Field(_default(TextModelSettings, "dim"), ge=8, description="Transformer width")
+    depth: int = Field(_default(TextModelSettings, "depth"), ge=1, description="Transformer blocks")
+    heads: int | None = Field(_default(TextModelSettings, "heads"), ge=1, description="attention heads; null: dim // 32")
+    epochs: int = Field(_default(TextModelSettings, "epochs"), ge=1)
+    batch_size: int = Field(_default(TextModelSettings, "batch_size"), ge=2)
+    lr: float = Field(_default(TextModelSettings, "lr"), gt=0, description="AdamW, for batch 256, scaled linearly")
+    weight_decay: float = Field(_default(TextModelSettings, "weight_decay"), ge=0)
+    warmup_epochs: int = Field(_default(TextModelSettings, "warmup_epochs"), ge=0)
+
+    def settings(self, seed: int, method_params: dict[str, Any]) -> TextModelSettings:
+        """The text stages' settings; MLM's own arguments come from ``pretrain.method_params``."""
+        params = dict(method_params)
+        known = {k: params.pop(k) for k in ("mask_prob", "whole_word") if k in params}
+        return TextModelSettings(**self.model_dump(), seed=seed, method_params=params, **known)
 
 
 class EvaluateConfig(Section):
@@ -194,7 +230,8 @@ class EvaluateConfig(Section):
 
 
 class RegisterConfig(Section):
-    model_name: str = "ssl-encoder"
+    model_name: str = Field("ssl-encoder", description="image encoders register here")
+    text_model_name: str = Field("ssl-text-encoder", description="text encoders register here: the gate compares like with like")
     alias: str = Field("challenger", description="every registered version gets this alias")
     experiment: str = "ssl-pipeline"
     champion_alias: str = Field("champion", description="moved only by the promotion gate, promote, rollback")
@@ -218,6 +255,7 @@ class FinetuneConfig(Section):
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
     seed: int = _default(FinetuneSettings, "seed")
     model_name: str = "ssl-classifier"
+    text_model_name: str = Field("ssl-text-classifier", description="classifiers fine-tuned on text register here")
     experiment: str = "ssl-finetune"
 
     def resolved(self) -> FinetuneConfig:
@@ -233,6 +271,7 @@ class PipelineConfig(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     augment: AugmentConfig = AugmentConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    text: TextConfig = TextConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     finetune: FinetuneConfig = FinetuneConfig()
@@ -257,6 +296,18 @@ class PipelineConfig(Section):
         return self.model_copy(
             update={"augment": self.augment.resolved(self.data.image_size), "pretrain": self.pretrain.resolved(), "finetune": self.finetune.resolved()}
         )
+
+    def modality(self, root: str | Path = ".", source: str | None = None) -> Literal["image", "text"]:
+        """The modality follows the source (``data.unlabeled`` unless another is given): text for a
+        .txt/.jsonl/.csv(.gz) file or a folder of .txt files, else images."""
+        from tasks.layout import Layout
+        from tasks.text_sources import is_text_source
+
+        return "text" if is_text_source(Layout.at(root).source(source or self.data.unlabeled)) else "image"
+
+    def model_name(self, modality: str) -> str:
+        """The registered encoder of this modality: the promotion gate only compares within one."""
+        return self.register.text_model_name if modality == "text" else self.register.model_name
 
     def section(self, name: str) -> dict[str, Any]:
         return self.as_dict()[name]
@@ -300,8 +351,33 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'") from None
 
 
+def check_modality(cfg: PipelineConfig, root: str | Path) -> None:
+    """The method trains on the modality of the data (``mlm`` on text, the others on images), and
+    the labeled set is of the same modality; raises a ConfigError saying what to change."""
+    from ssl_models.methods import TEXT_METHODS
+    from tasks.layout import Layout
+
+    def exists(source: str) -> bool:
+        return source.startswith("torchvision:") or Path(Layout.at(root).source(source)).exists()
+
+    data, method = cfg.data, cfg.pretrain.method
+    if not exists(data.unlabeled):
+        return  # the CLI says it is missing, naming the key
+    modality = cfg.modality(root)
+    text_method = method in TEXT_METHODS
+    if modality == "text" and not text_method:
+        raise ConfigError(f"data.unlabeled={data.unlabeled} is text, but pretrain.method={method} trains on images: set pretrain.method=mlm")
+    if modality == "image" and text_method:
+        raise ConfigError(
+            f"pretrain.method={method} trains on text, but data.unlabeled={data.unlabeled} is not a text source "
+            "(a .txt, .jsonl, .csv or .csv.gz file, or a folder of .txt files)"
+        )
+    if exists(data.labeled) and cfg.modality(root, data.labeled) != modality:
+        raise ConfigError(f"data.labeled={data.labeled} is not {modality} like data.unlabeled={data.unlabeled}: evaluate on labeled {modality}")
+
+
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (), missing_ok: bool = True) -> PipelineConfig:
-    """Read ``path``, apply ``overrides``, validate.
+    """Read ``path``, apply ``overrides``, validate (the method against the data's modality too).
 
     A missing file means all defaults, unless ``missing_ok`` is False (a file the user
     named explicitly): then it is an error.
@@ -321,9 +397,12 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     for assignment in overrides:
         apply_override(tree, assignment)
     try:
-        return PipelineConfig.model_validate(tree)
+        cfg = PipelineConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{path or 'config'}: {_problems(err)}") from None
+    # Relative data paths are relative to the project root, where params.yaml lives.
+    check_modality(cfg, Path(path).parent if path is not None else Path.cwd())
+    return cfg
 
 
 def _problems(err: ValidationError) -> str:

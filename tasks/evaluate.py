@@ -27,7 +27,7 @@ from tasks.context import StageContext
 from tasks.plots import accuracy_bars, embedding_plot, label_efficiency_plot
 from tasks.prepared import load_classes, load_labeled
 from tasks.results import Evaluation, Prepared, Pretrained
-from tasks.scoring import ENCODERS, evaluate_encoders, label_efficiency, percent
+from tasks.scoring import ENCODERS, evaluate_encoders, label_efficiency, log_evaluation, percent
 
 
 def embedding_picture(encoder: Encoder, labeled: dict[str, torch.Tensor], classes: list[str], cfg: EvaluateConfig, device: torch.device, path: Path, seed: int = 0) -> Path:
@@ -49,8 +49,7 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
     metrics: dict = evaluate_encoders(encoder, labeled, cfg.evaluate, device, cfg.pretrain.seed)
     rows = label_efficiency(encoder, labeled, len(classes), cfg.evaluate.label_fractions, cfg.finetune.settings(), device, ctx.progress)
     # The curve always ends at 100% (the config sees to it): from scratch there is the supervised reference.
-    full = rows[-1]["scratch"]
-    metrics["supervised_scratch"] = {"test_acc": full, "labels": rows[-1]["labels"]}
+    metrics["supervised_scratch"] = {"test_acc": rows[-1]["scratch"], "labels": rows[-1]["labels"]}
     metrics["label_efficiency"] = {key: {percent(row["fraction"]): row[key] for row in rows} for key in ("ssl_finetune", "scratch")}
     # Which encoder these numbers belong to: register refuses to file them under another one.
     metrics["encoder"] = {"sha256": pretrained.weights_sha256, "run_id": pretrained.run_id}
@@ -63,13 +62,5 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
         label_efficiency_plot(rows, reports / "label_efficiency.png"),
         embedding_picture(encoder, labeled, classes, cfg.evaluate, device, reports / "embeddings.png", cfg.pretrain.seed),
     ]
-    tracker.log_metrics({f"{name}/{key}": value for name in ENCODERS for key, value in metrics[name].items()})
-    tracker.log_metrics({"supervised_scratch/test_acc": full})
-    # One curve per initialisation, x = number of labels: MLflow draws it as a chart.
-    for row in rows:
-        tracker.log_metrics({f"label_efficiency/{key}": row[key] for key in ("ssl_finetune", "scratch")}, step=row["labels"])
-    tracker.log_artifact(out)
-    tracker.log_artifact(curve_csv)
-    for plot in plots:
-        tracker.log_artifact(plot, "plots")
+    log_evaluation(tracker, metrics, ENCODERS, rows, [out, curve_csv], plots)
     return Evaluation(metrics, pretrained.weights_sha256, pretrained.run_id)

@@ -12,6 +12,13 @@
 
 Everything is weights + JSON config: the encoder is read with ``torch.load(weights_only=True)``,
 the classifier is written the same way. No pickle.
+
+**Text.** The modality follows ``finetune.data``: labeled text (a .csv/.csv.gz with
+``data.label_column``, a .jsonl with ``label``, or ``<class>/*.txt`` folders) fine-tunes
+``models:/<register.text_model_name>@<finetune.encoder_alias>``: the documents are validated
+by text validation, encoded with the encoder's own tokenizer, and the classifier (the encoder
++ a linear head, AdamW: tasks/text_evaluate.py) registers as ``finetune.text_model_name``
+with the tokenizer beside it, a pyfunc taking strings.
 """
 
 from __future__ import annotations
@@ -45,16 +52,22 @@ class EncoderRef:
     version: str
     alias: str
     run_id: str
-    local_dir: str  # its weights.pt + config.json, downloaded
-    image_size: int
+    local_dir: str  # its weights.pt + config.json (text: + tokenizer.json), downloaded
+    image_size: int  # 0 for a text encoder
+    modality: str = "image"
 
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
 
-def no_encoder_message(cfg: PipelineConfig) -> str:
-    name, alias = cfg.register.model_name, cfg.finetune.encoder_alias
+def finetune_modality(layout: Layout, cfg: PipelineConfig) -> str:
+    """"text" when ``finetune.data`` is labeled text, else "image"."""
+    return cfg.modality(layout.root, cfg.finetune.data)
+
+
+def no_encoder_message(cfg: PipelineConfig, modality: str = "image") -> str:
+    name, alias = cfg.model_name(modality), cfg.finetune.encoder_alias
     return f"models:/{name}@{alias} does not exist: run the pipeline first (`sslpipe run`), or set one with `sslpipe promote VERSION`"
 
 
@@ -63,7 +76,8 @@ def resolve_encoder_stage(layout: Layout, cfg: PipelineConfig) -> EncoderRef | N
     import mlflow
 
     use_store(layout.root, cfg.finetune.experiment)
-    name, alias = cfg.register.model_name, cfg.finetune.encoder_alias
+    modality = finetune_modality(layout, cfg)
+    name, alias = cfg.model_name(modality), cfg.finetune.encoder_alias
     version = current_champion(mlflow.MlflowClient(), name, alias)
     if version is None:
         return None
@@ -72,8 +86,8 @@ def resolve_encoder_stage(layout: Layout, cfg: PipelineConfig) -> EncoderRef | N
     target.mkdir(parents=True)
     # Download the pinned version, not the alias: the alias may move while we train.
     local = weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target)))
-    image_size = int(json.loads((Path(local) / CONFIG_FILE).read_text()).get("image_size", 32))
-    return EncoderRef(name, str(version.version), alias, version.run_id or "", str(local), image_size)
+    image_size = 0 if modality == "text" else int(json.loads((Path(local) / CONFIG_FILE).read_text()).get("image_size", 32))
+    return EncoderRef(name, str(version.version), alias, version.run_id or "", str(local), image_size, modality)
 
 
 @dataclass(frozen=True)
@@ -83,12 +97,16 @@ class Prepared:
     counts: dict[str, int] = field(default_factory=dict)  # images per split
 
 
-def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, image_size: int) -> Prepared:
+def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef) -> Prepared:
     """Validate ``finetune.data`` (the pipeline's GX checkpoint), then decode what it accepted at
-    the encoder's own input size. Never raises on bad data: a bad folder is a result, which the
-    flow turns into a Failed run with this message (a raise in a task would print a traceback)."""
+    the encoder's own input size (text: encode it with the encoder's tokenizer). Never raises on
+    bad data: a bad folder is a result, which the flow turns into a Failed run with this message
+    (a raise in a task would print a traceback)."""
     validation = layout.finetune_reports / "validation"
     source = layout.source(cfg.finetune.data)
+    if encoder.modality == "text":
+        return _prepare_text(layout, cfg, encoder, source, validation)
+    image_size = encoder.image_size
     report = validate_source(source, "finetune", cfg.validate, validation, layout.downloads, image_size=image_size, labeled=True)
     if not report.success:
         return Prepared(False, report.summary())
@@ -101,9 +119,69 @@ def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, image_size: int)
     return Prepared(True, report.summary(), counts)
 
 
+def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, source: str, validation: Path) -> Prepared:
+    from ssl_models.text import TOKENIZER_FILE
+    from tasks.text_ingest import ingest_text_labeled
+    from tasks.text_validation import TextRules, validate_text_source
+
+    v, d = cfg.validate, cfg.data
+    rules = TextRules(
+        min_documents=v.min_images, min_chars=v.min_chars, max_chars=v.max_chars, max_control_share=v.max_control_share,
+        allow_duplicates=v.allow_duplicates, length_drift_tolerance=None, vocab_drift_tolerance=None,
+    )  # fmt: skip
+    try:
+        report, _ = validate_text_source(source, "finetune", validation, labeled=True, rules=rules, on_fail=v.on_fail,
+                                         max_bad_fraction=v.max_bad_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
+        if not report.success:
+            return Prepared(False, report.summary())
+        counts = ingest_text_labeled(source, layout.finetune_data, Path(encoder.local_dir) / TOKENIZER_FILE, validation / "finetune_table.csv",
+                                     test_fraction=d.test_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
+    except SourceError as err:
+        return Prepared(False, str(err))
+    return Prepared(True, report.summary(), counts)
+
+
+def _finetune_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef) -> tuple[dict, list[str]]:
+    """The text classifier: fine-tune at ``label_fraction`` (+ the comparison), save it with its tokenizer."""
+    from ssl_models.text import TOKENIZER_FILE, load_text_encoder
+    from tasks.text_evaluate import finetune_text
+    from tasks.text_ingest import load_labeled_tokens
+
+    f = cfg.finetune
+    labeled = load_labeled_tokens(layout.finetune_data)
+    classes = json.loads((layout.finetune_data / "classes.json").read_text())
+    base = load_text_encoder(encoder.local_dir)
+    recipe = {"steps": f.steps, "batch_size": f.batch_size, "seed": f.seed, "device": torch.device(f.device)}
+    accuracy, classifier = finetune_text(base, labeled, len(classes), f.label_fraction, **recipe)
+    metrics: dict = {
+        "test_acc": accuracy,
+        "label_fraction": f.label_fraction,
+        "train_labels": len(stratified_subset(labeled["train_labels"], f.label_fraction, f.seed)),
+        "test_documents": len(labeled["test_labels"]),
+    }
+    if f.compare_fraction is not None:
+        same = f.compare_fraction == f.label_fraction
+        ssl_acc = accuracy if same else finetune_text(base, labeled, len(classes), f.compare_fraction, **recipe)[0]
+        metrics["compare"] = {
+            "fraction": f.compare_fraction,
+            "train_labels": len(stratified_subset(labeled["train_labels"], f.compare_fraction, f.seed)),
+            "ssl_finetune_acc": ssl_acc,
+            "scratch_acc": finetune_text(base, labeled, len(classes), f.compare_fraction, random_init=True, **recipe)[0],
+        }
+    with staged_dir(layout.classifier) as staging:
+        torch.save({k: v.detach().cpu() for k, v in classifier.state_dict().items()}, staging / "weights.pt")
+        config = classifier.config | {"classes": classes, "encoder_uri": encoder.uri}
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        shutil.copyfile(Path(encoder.local_dir) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    return metrics, classes
+
+
 def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker) -> dict:
     """Fine-tune, compare with training from scratch, save the classifier, log to ``tracker``'s run."""
     f = cfg.finetune
+    if encoder.modality == "text":
+        metrics, _ = _finetune_text(layout, cfg, encoder)
+        return _record(layout, cfg, encoder, tracker, metrics)
     labeled = load_labeled(layout.finetune_data)
     classes = load_classes(layout.finetune_data)
     train, test = (labeled["train_images"], labeled["train_labels"]), (labeled["test_images"], labeled["test_labels"])
@@ -129,6 +207,12 @@ def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tra
         }
     with staged_dir(layout.classifier) as staging:
         save_classifier(classifier, staging, extra={"classes": classes, "encoder_uri": encoder.uri})
+    return _record(layout, cfg, encoder, tracker, metrics)
+
+
+def _record(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker, metrics: dict) -> dict:
+    """reports/finetune/metrics.json, and the run's tags (the encoder version, data, code), params and metrics."""
+    f = cfg.finetune
     metrics_file = write_json(layout.finetune_reports / "metrics.json", metrics)
 
     data_version = dvc_hash(layout.finetune_data)
@@ -140,10 +224,11 @@ def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tra
         "encoder_run_id": encoder.run_id,
         "data_version": data_version,
         "git_commit": git_commit(layout.root),
+        "modality": encoder.modality,
     }
     tracker.set_tags(tags)
     tracker.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
-    tracker.log_metrics({"test_acc": accuracy, "train_labels": metrics["train_labels"]})
+    tracker.log_metrics({"test_acc": metrics["test_acc"], "train_labels": metrics["train_labels"]})
     if "compare" in metrics:
         tracker.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})
     tracker.log_artifact(metrics_file)
@@ -159,11 +244,20 @@ def register_classifier_stage(layout: Layout, cfg: PipelineConfig, finetuned: di
     f = cfg.finetune
     tags = finetuned["tags"] | {"test_acc": f"{finetuned['test_acc']:.4f}", "label_fraction": str(finetuned["label_fraction"])}
     use_store(layout.root, f.experiment)
-    model_id = log_classifier_model(layout.classifier, f.model_name, finetuned["run_id"], tags)
+    if tags["modality"] == "text":
+        from tasks.mlflow_model import log_text_classifier_model
+        from tasks.text_ingest import load_labeled_texts
+
+        name = f.text_model_name
+        example = load_labeled_texts(layout.finetune_data)["test_texts"][:2]
+        model_id = log_text_classifier_model(layout.classifier, name, finetuned["run_id"], tags, example)
+    else:
+        name = f.model_name
+        model_id = log_classifier_model(layout.classifier, name, finetuned["run_id"], tags)
     with registry_lock(layout.root):  # the registry's version numbering, as in the pipeline
-        version = mlflow.register_model(f"models:/{model_id}", f.model_name, tags=tags)
+        version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
     mlflow.MlflowClient().set_tag(finetuned["run_id"], "registered_version", version.version)
-    record = {"model_name": f.model_name, "version": int(version.version), "run_id": finetuned["run_id"], "encoder_uri": tags["encoder_uri"]}
+    record = {"model_name": name, "version": int(version.version), "run_id": finetuned["run_id"], "encoder_uri": tags["encoder_uri"]}
     write_json(layout.finetune_reports / "registered.json", record)
     return int(version.version)
 

@@ -31,15 +31,21 @@ import ssl_models
 from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE
 
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+TEXT_PYFUNC_CODE = Path(__file__).with_name("mlflow_text_pyfunc.py")
 
 
-def _requirements() -> list[str]:
+def _requirements(text: bool = False) -> list[str]:
     """What loading and running the model needs, pinned to the versions it was logged with.
     torch's local build tag (``+cu130``) is dropped: a CPU or CUDA wheel of the same version
-    both load the weights. mlflow itself is added by MLflow."""
+    both load the weights. mlflow itself is added by MLflow; text models need ``tokenizers``."""
     import torch
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+    if text:
+        import tokenizers
+
+        pins.append(f"tokenizers=={tokenizers.__version__}")
+    return pins
 
 
 def _signature(image_size: int, outputs: int):
@@ -58,12 +64,31 @@ def example_images(image_size: int, count: int = 2, seed: int = 0) -> np.ndarray
     return rng.random((count, 3, image_size, image_size), dtype=np.float32).round(3)
 
 
+def _text_signature(outputs: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs))]))
+
+
 def _log(model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], model_type: str, outputs: int, input_example, metadata: dict) -> str:
     import mlflow
     from mlflow.models import Model
 
-    image_size = int(metadata["image_size"])
-    example = example_images(image_size) if input_example is None else np.asarray(input_example, dtype=np.float32)
+    text = metadata.get("modality") == "text"
+    artifacts = {"weights": str(model_dir / WEIGHTS_FILE), "config": str(model_dir / CONFIG_FILE)}
+    if text:
+        import pandas as pd
+
+        from ssl_models.text import TOKENIZER_FILE
+
+        artifacts["tokenizer"] = str(model_dir / TOKENIZER_FILE)
+        example = pd.DataFrame({"text": list(input_example)})
+        signature = _text_signature(outputs)
+    else:
+        image_size = int(metadata["image_size"])
+        example = example_images(image_size) if input_example is None else np.asarray(input_example, dtype=np.float32)
+        signature = _signature(image_size, outputs)
     with tempfile.TemporaryDirectory() as tmp:
         # A clean copy of the package: no __pycache__ in the model, and nothing of the caller's.
         code = shutil.copytree(Path(ssl_models.__file__).parent, Path(tmp) / "ssl_models", ignore=shutil.ignore_patterns("__pycache__"))
@@ -72,12 +97,12 @@ def _log(model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], m
             name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,  # the LoggedModel's source run; the run lists it as an output
-            python_model=str(PYFUNC_CODE),
-            artifacts={"weights": str(model_dir / WEIGHTS_FILE), "config": str(model_dir / CONFIG_FILE)},
+            python_model=str(TEXT_PYFUNC_CODE if text else PYFUNC_CODE),
+            artifacts=artifacts,
             code_paths=[str(code)],
-            signature=_signature(image_size, outputs),
+            signature=signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(text),
             metadata=metadata,
             tags=tags,
             model_type=model_type,
@@ -102,6 +127,23 @@ def log_encoder_model(encoder_dir: str | Path, name: str, run_id: str | None, ta
     config = json.loads((encoder_dir / CONFIG_FILE).read_text())
     metadata = {"image_size": int(config.get("image_size", 32)), "feature_dim": int(config["feature_dim"]), "output": "embeddings"}
     return _log(encoder_dir, name, run_id, tags, "ssl-encoder", metadata["feature_dim"], input_example, metadata)
+
+
+def log_text_encoder_model(encoder_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example: list[str]) -> str:
+    """Log a text encoder (weights.pt + config.json + tokenizer.json) as a servable MLflow model:
+    strings in (a ``text`` column), mean-pooled embeddings out. ``input_example``: a few documents."""
+    encoder_dir = Path(encoder_dir)
+    config = json.loads((encoder_dir / CONFIG_FILE).read_text())
+    metadata = {"modality": "text", "feature_dim": int(config["feature_dim"]), "max_len": int(config["backbone_kwargs"]["max_len"]), "output": "embeddings"}
+    return _log(encoder_dir, name, run_id, tags, "ssl-text-encoder", metadata["feature_dim"], input_example, metadata)
+
+
+def log_text_classifier_model(classifier_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example: list[str]) -> str:
+    """Log a text classifier (weights.pt + config.json with ``classes`` + tokenizer.json): strings in, logits out."""
+    classifier_dir = Path(classifier_dir)
+    config = json.loads((classifier_dir / CONFIG_FILE).read_text())
+    metadata = {"modality": "text", "num_classes": int(config["num_classes"]), "classes": list(config.get("classes", [])), "output": "logits"}
+    return _log(classifier_dir, name, run_id, tags, "ssl-text-classifier", metadata["num_classes"], input_example, metadata)
 
 
 def log_classifier_model(classifier_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example=None) -> str:

@@ -142,3 +142,23 @@ def augment_preview(images, views1, views2, path: Path, title: str = "Augmentati
                 ax.set_title(f"image {c + 1}", fontsize=9)
     fig.suptitle(title)
     return _save(plt, fig, path)
+
+
+def masking_preview(rows: Sequence[tuple[str, str]], path: Path, title: str = "MLM preview: each document, then what the encoder sees") -> Path:
+    """Text's augment preview: per document its first tokens and the same tokens after BERT's
+    masking (what the encoder gets; the pieces to predict in brackets)."""
+    import textwrap
+
+    plt = _pyplot()
+    lines: list[tuple[str, str]] = []
+    for index, (original, masked) in enumerate(rows, start=1):
+        lines += [(f"document {index}", line) for line in textwrap.wrap(original, 150)[:2]]
+        lines += [("masked", line) for line in textwrap.wrap(masked, 150)[:2]]
+        lines.append(("", ""))
+    fig = plt.figure(figsize=(14, 0.26 * len(lines) + 0.8))
+    for i, (label, line) in enumerate(lines):
+        y = 0.93 * (1 - (i + 0.5) / max(1, len(lines)))  # below the title
+        fig.text(0.01, y, label, fontsize=8, weight="bold", va="center")
+        fig.text(0.1, y, line, fontsize=8, family="monospace", va="center", color="firebrick" if label == "masked" else "black")
+    fig.suptitle(title)
+    return _save(plt, fig, path)

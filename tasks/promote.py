@@ -17,6 +17,10 @@ champion's tags differ from the challenger's, the champion's encoder is re-evalu
 the current data with the same probe and that number is compared (and recorded with
 ``gate/champion_reevaluated=true``); the tag on the champion is never trusted across data.
 
+**Like with like.** A version's ``modality`` tag (``image`` when absent) must match the
+champion's: text encoders register as ``ssl-text-encoder`` and are only compared with text
+encoders; a mix under one name is refused with a message.
+
 **Concurrency.** register -> read champion -> compare -> move alias runs under one
 cross-process file lock beside the sqlite store, and the champion is read inside it. Two
 runs finishing together are serialised: the second is compared with the first if the
@@ -217,6 +221,11 @@ def comparable(a, b) -> bool:
     return all(a.tags.get(k) and a.tags.get(k) == b.tags.get(k) for k in keys) and "probe_acc" in a.tags
 
 
+def modality_of(model_version) -> str:
+    """"text" or "image" (versions registered before text existed carry no tag: images)."""
+    return model_version.tags.get("modality", "image")
+
+
 def _history(client, name: str) -> list[str]:
     return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
 
@@ -253,6 +262,13 @@ def gate(
     """
     with champion_lock(client, name):
         champion = current_champion(client, name, alias)
+        if champion is not None and modality_of(champion) != modality_of(version):
+            # Probe accuracies of a text and an image encoder measure different things.
+            raise PromotionError(
+                f"{name}@{alias} (version {champion.version}) is an {modality_of(champion)} encoder, version {version.version} a "
+                f"{modality_of(version)} one: the gate compares like with like; register them under different names "
+                "(register.model_name for images, register.text_model_name for text)"
+            )
         if champion is None:
             decision = Decision(True, "first", int(version.version), challenger_acc, None, None, False, min_improvement)
         else:

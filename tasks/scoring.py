@@ -88,7 +88,7 @@ def percent(fraction: float) -> str:
 
 def summary_table(metrics: dict) -> str:
     lines = [f"{'encoder':<12} {'linear probe':>12} {'kNN':>8}", "-" * 34]
-    lines += [f"{name:<12} {metrics[name]['linear_probe_acc']:>12.3f} {metrics[name]['knn_acc']:>8.3f}" for name in ENCODERS if name in metrics]
+    lines += [f"{name:<12} {metrics[name]['linear_probe_acc']:>12.3f} {metrics[name]['knn_acc']:>8.3f}" for name in (*ENCODERS, "tfidf") if name in metrics]  # tfidf: text's bag-of-words baseline
     if "supervised_scratch" in metrics:
         lines.append(f"supervised reference (same architecture, from scratch, all labels): {metrics['supervised_scratch']['test_acc']:.3f}")
     if "label_efficiency" in metrics:
@@ -96,3 +96,17 @@ def summary_table(metrics: dict) -> str:
         lines += ["", f"{'labels':<12} {'fine-tuned':>12} {'scratch':>8}", "-" * 34]
         lines += [f"{share:<12} {curve['ssl_finetune'][share]:>12.3f} {curve['scratch'][share]:>8.3f}" for share in curve["ssl_finetune"]]
     return "\n".join(lines)
+
+
+def log_evaluation(tracker, metrics: dict, encoders: tuple[str, ...], rows: list[dict], files: list, plots: list) -> None:
+    """An evaluation into its MLflow run: probe/kNN per encoder, the supervised reference, the
+    label-efficiency curve (one per initialisation, x = number of labels: MLflow draws it as a
+    chart), the files (metrics.json, the curve's CSV) and the pictures."""
+    tracker.log_metrics({f"{name}/{key}": value for name in encoders for key, value in metrics[name].items()})
+    tracker.log_metrics({"supervised_scratch/test_acc": metrics["supervised_scratch"]["test_acc"]})
+    for row in rows:
+        tracker.log_metrics({f"label_efficiency/{key}": row[key] for key in ("ssl_finetune", "scratch")}, step=row["labels"])
+    for path in files:
+        tracker.log_artifact(path)
+    for plot in plots:
+        tracker.log_artifact(plot, "plots")

@@ -1,6 +1,7 @@
 """The pipeline, declared once.
 
-Each :class:`Stage` names its function, the earlier stages whose results it takes, the
+Each :class:`Stage` names its function (one per modality: images, and text, which the
+data source decides: tasks/config.py ``PipelineConfig.modality``), the earlier stages whose results it takes, the
 files it reads and writes, the params sections it depends on, and (found from the code,
 :func:`code_deps`) every project module it runs. From this one list come:
 
@@ -44,11 +45,15 @@ class Out:
     note: str = ""
 
 
+MODALITIES = ("image", "text")
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    function: str  # "module:function", the typed stage function
+    function: str  # "module:function", the typed stage function for images
     help: str
+    text: str = ""  # "module:function" for text sources: same inputs, result and outputs
     inputs: tuple[str, ...] = ()  # earlier stages whose results it takes, in argument order
     deps: tuple[str, ...] = ()  # files it reads; ${section.key} takes the path from the params
     params: tuple[str, ...] = ()  # params sections or keys it depends on
@@ -61,8 +66,15 @@ class Stage:
     def module(self) -> str:
         return self.function.split(":")[0]
 
-    def load(self) -> Callable:
-        module, name = self.function.split(":")
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Every module it may run: both modalities' (DVC reruns the stage when either changes)."""
+        return tuple(dict.fromkeys(f.split(":")[0] for f in (self.function, self.text) if f))
+
+    def load(self, modality: str = "image") -> Callable:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        module, name = (self.text if modality == "text" and self.text else self.function).split(":")
         return getattr(importlib.import_module(module), name)
 
     def result_type(self) -> type:
@@ -76,9 +88,10 @@ FINETUNE_RECIPE = ("finetune.steps", "finetune.batch_size", "finetune.lr", "fine
 PIPELINE: tuple[Stage, ...] = (
     Stage(
         "validate", "tasks.validate:validate",
-        "check the images with a Great Expectations checkpoint (reports/validation/)",
+        "check the images or documents with a Great Expectations checkpoint (reports/validation/)",
+        text="tasks.text_pipeline:validate",
         deps=("${data.unlabeled}", "${data.labeled}"),
-        params=("data.unlabeled", "data.labeled", "data.image_size", "validate"),
+        params=("data.unlabeled", "data.labeled", "data.image_size", "data.text_columns", "data.label_column", "validate"),
         outs=(
             Out("reports/validation", cache=False, note="reports, per-image tables (ingest reads `accepted`), Data Docs"),
             Out("reports/quarantine.csv", cache=False, note="every bad file with its fault"),
@@ -88,35 +101,39 @@ PIPELINE: tuple[Stage, ...] = (
     ),
     Stage(
         "ingest", "tasks.ingest:ingest",
-        "decode validated images into data/prepared/ (the DVC-tracked training data)",
+        "decode validated images (or tokenize documents) into data/prepared/ (the DVC-tracked training data)",
+        text="tasks.text_pipeline:ingest",
         inputs=("validate",),
         deps=("${data.unlabeled}", "${data.labeled}", "reports/validation"),
-        params=("data",),
+        params=("data", "text.vocab_size", "text.max_len"),
         outs=(Out("data/prepared/unlabeled", note="the training data; its DVC hash is the data version"), Out("data/prepared/labeled")),
         result="Prepared",
     ),
     Stage(
         "augment", "tasks.augment:augment",
-        "check the view policy and draw reports/augment_preview.png",
+        "check the view policy (text: the masking) and draw reports/augment_preview.png",
+        text="tasks.text_pipeline:augment",
         inputs=("ingest",),
         deps=("data/prepared/unlabeled",),
-        params=("augment", "data.image_size", "pretrain.seed"),
+        params=("augment", "data.image_size", "pretrain.seed", "pretrain.method_params", "text"),
         outs=(Out("reports/augment_preview.png", cache=False),),
         result="Preview",
     ),
     Stage(
         "pretrain", "tasks.pretrain:pretrain",
         "train the SSL method; writes models/encoder/ (its MLflow run id inside)",
+        text="tasks.text_pipeline:pretrain",
         inputs=("ingest", "augment"),
         deps=("data/prepared/unlabeled", "reports/augment_preview.png"),
-        params=("pretrain", "augment", "data.image_size"),
+        params=("pretrain", "augment", "data.image_size", "text"),
         outs=(Out("models/encoder"), Out("reports/pretrain/curves.png", cache=False)),
         plots=({"reports/pretrain/history.csv": {"cache": False, "x": "epoch", "y": "loss"}},),
         result="Pretrained",
     ),
     Stage(
         "evaluate", "tasks.evaluate:evaluate",
-        "linear probe and kNN for SSL, random-init and raw pixels (reports/metrics.json)",
+        "linear probe and kNN for SSL, random-init and raw pixels (text: TF-IDF) (reports/metrics.json)",
+        text="tasks.text_pipeline:evaluate",
         inputs=("ingest", "pretrain"),
         deps=("models/encoder", "data/prepared/labeled"),
         params=("evaluate", "pretrain.device", "pretrain.seed", *FINETUNE_RECIPE),
@@ -132,7 +149,8 @@ PIPELINE: tuple[Stage, ...] = (
     ),
     Stage(
         "register", "tasks.register:register",
-        "log the encoder to MLflow, register a new version, run the promotion gate",
+        "log the encoder to MLflow, register a new version (text: ssl-text-encoder), run the promotion gate",
+        text="tasks.text_pipeline:register",
         inputs=("ingest", "pretrain", "evaluate"),
         deps=("models/encoder", "reports/metrics.json", "data/prepared/labeled"),
         params=("register", "evaluate", "pretrain.device"),
@@ -193,6 +211,12 @@ def code_deps(module: str) -> tuple[str, ...]:
     return tuple(sorted({p.relative_to(REPO).as_posix() for p in seen.values()}))
 
 
+def stage_code_deps(stage: Stage) -> tuple[str, ...]:
+    """The project files of both of a stage's functions: one dvc.yaml serves images and text, and a
+    change to either's code reruns the stage (for the other modality too: simple and never stale)."""
+    return tuple(sorted({path for module in stage.modules for path in code_deps(module)}))
+
+
 # --- dvc.yaml --------------------------------------------------------------------------------
 
 
@@ -202,7 +226,7 @@ def dvc_yaml() -> str:
 
     stages: dict[str, Any] = {}
     for stage in PIPELINE:
-        entry: dict[str, Any] = {"cmd": f"sslpipe {stage.name} -q", "deps": [*stage.deps, *code_deps(stage.module)], "params": list(stage.params)}
+        entry: dict[str, Any] = {"cmd": f"sslpipe {stage.name} -q", "deps": [*stage.deps, *stage_code_deps(stage)], "params": list(stage.params)}
         groups: dict[str, list] = {"outs": [], "metrics": [], "plots": []}
         for out in stage.outs:
             options = {k: v for k, v in (("cache", out.cache), ("persist", out.persist)) if v != Out.__dataclass_fields__[k].default}
@@ -268,7 +292,7 @@ def fingerprint(stage: Stage, root: Path, cfg) -> dict[str, str]:
     for dep in stage.deps:
         value = _expand(dep, cfg_dict)
         deps[value] = "torchvision" if value.startswith("torchvision:") else _path_digest(root / value)
-    code = {name: hashlib.md5((REPO / name).read_bytes()).hexdigest() for name in code_deps(stage.module)}
+    code = {name: hashlib.md5((REPO / name).read_bytes()).hexdigest() for name in stage_code_deps(stage)}
     inputs = hashlib.sha256(json.dumps([print_params, deps, code], sort_keys=True, default=str).encode()).hexdigest()
     outs = {out.path: _path_digest(root / out.path) for out in stage.outs}
     return {"inputs": inputs, **{f"out:{path}": value for path, value in outs.items()}}

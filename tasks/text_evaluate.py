@@ -20,11 +20,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssl_models.evaluation import knn_accuracy, linear_probe
 from ssl_models.finetune import stratified_subset
-from ssl_models.text import PAD_ID, SPECIAL_TOKENS, TextEncoder, build_text_encoder
+from ssl_models.text import PAD_ID, SPECIAL_TOKENS, TextClassifier, TextEncoder, build_text_encoder
 from tasks.config import EvaluateConfig
 
 TEXT_ENCODERS = ("ssl", "random_init", "tfidf")
@@ -102,19 +101,7 @@ def text_probe_accuracy(encoder: TextEncoder, labeled: dict[str, torch.Tensor], 
 # --- label efficiency: fine-tuning ------------------------------------------------------------
 
 
-class TextClassifier(nn.Module):
-    """Text encoder + linear head on the mean-pooled features: token ids (B, L) -> logits (B, classes)."""
-
-    def __init__(self, encoder: TextEncoder, num_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.feature_dim, num_classes)
-
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.features(token_ids))
-
-
-def finetune_text_accuracy(
+def finetune_text(
     encoder: TextEncoder,
     labeled: dict[str, torch.Tensor],
     num_classes: int,
@@ -126,8 +113,8 @@ def finetune_text_accuracy(
     weight_decay: float = 0.01,
     seed: int = 0,
     device: torch.device | str = "cpu",
-) -> float:
-    """Fine-tune a copy of ``encoder`` (or the same shape from scratch) on ``fraction`` of the train labels; test accuracy.
+) -> tuple[float, TextClassifier]:
+    """Fine-tune a copy of ``encoder`` (or the same shape from scratch) on ``fraction`` of the train labels; (test accuracy, the classifier).
 
     AdamW with linear warm-up (10% of the steps) and cosine decay; a fixed number of steps at
     every fraction, as the image recipe (ssl_models/finetune.py), so the points are comparable.
@@ -157,7 +144,12 @@ def finetune_text_accuracy(
         test_x, test_y = labeled["test_tokens"], labeled["test_labels"]
         for i in range(0, len(test_x), 256):
             correct += (model(test_x[i : i + 256].to(device)).argmax(1).cpu() == test_y[i : i + 256]).sum().item()
-    return correct / len(test_x)
+    return correct / len(test_x), model.cpu()
+
+
+def finetune_text_accuracy(encoder: TextEncoder, labeled: dict[str, torch.Tensor], num_classes: int, fraction: float = 1.0, random_init: bool = False, **settings) -> float:
+    """:func:`finetune_text`'s test accuracy alone (the label-efficiency curve keeps no model)."""
+    return finetune_text(encoder, labeled, num_classes, fraction, random_init, **settings)[0]
 
 
 def label_efficiency(

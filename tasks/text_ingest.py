@@ -3,6 +3,7 @@
     data/prepared/unlabeled/  tokenizer.json, tokens-00000.npy ... (N_i, max_len) int32,
                               manifest.csv (location, sha256), meta.json
     data/prepared/labeled/    {train,test}_tokens.npy (N, max_len) int32, {train,test}_labels.npy int64,
+                              {train,test}_texts.json (the cleaned documents),
                               classes.json, manifest.csv
 
 Each row is ``[CLS] pieces... [SEP]`` padded with ``[PAD]`` (id 0) or cut at ``max_len``
@@ -223,7 +224,10 @@ def ingest_text_labeled(
         for split, docs in splits.items():
             if not docs:
                 raise SourceError(f"{source}: the {split} split has no documents")
-            np.save(tmp / f"{split}_tokens.npy", encode(tokenizer, [clean_text(d.text) for d in docs]))
+            texts = [clean_text(d.text) for d in docs]
+            np.save(tmp / f"{split}_tokens.npy", encode(tokenizer, texts))
+            # The cleaned texts too: an encoder with another tokenizer (a champion to re-score) re-encodes them.
+            (tmp / f"{split}_texts.json").write_text(json.dumps(texts, ensure_ascii=False))
             np.save(tmp / f"{split}_labels.npy", np.array([classes.index(d.label) for d in docs], dtype=np.int64))
             counts[split] = len(docs)
         (tmp / "classes.json").write_text(json.dumps(classes))
@@ -232,6 +236,11 @@ def ingest_text_labeled(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return counts
+
+
+def load_labeled_texts(labeled_dir: Path) -> dict[str, list[str]]:
+    """{train,test}_texts: the cleaned labeled documents, in the order of their token ids and labels."""
+    return {f"{split}_texts": json.loads((Path(labeled_dir) / f"{split}_texts.json").read_text()) for split in ("train", "test")}
 
 
 def load_labeled_tokens(labeled_dir: Path) -> dict[str, torch.Tensor]:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import html
 import io
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssl_models.text import clean_text  # noqa: F401 - cleaning lives with the model: serving cleans as training did
 from tasks.sources import IMAGE_EXTENSIONS, SourceError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -86,37 +85,6 @@ def is_text_source(source: str | Path) -> bool:
 
 
 # --- cleaning ---------------------------------------------------------------------------
-
-# AG News (and other scraped corpora) lost the "&" of HTML entities ("#36;" is "$", "#39;" is
-# "'", "quot;" is '"') and joined lines with a backslash. A numeric entity is only taken when
-# it stands at a word start, so "issue #39; ..." style text is rare enough to accept the risk.
-_BARE_NUMERIC_ENTITY = re.compile(r"(?<![&\w])#(\d{2,5});")
-_BARE_NAMED_ENTITY = re.compile(r"(?<![&\w])(quot|amp|lt|gt);")
-_WHITESPACE = re.compile(r"\s+")
-
-
-def clean_text(text: str) -> str:
-    """Undo scraping escapes and normalise whitespace; what the tokenizer sees.
-
-    - ``\\`` (a line join in AG News) becomes a space: nobody writes a literal backslash in news;
-    - ``#36;`` / ``#39;`` (entities whose "&" was lost) and real ``&#39;`` / ``&amp;`` entities
-      become their characters;
-    - runs of whitespace become one space, ends stripped.
-
-    >>> clean_text("costs  #36;10\\\\million, it#39;s &lt;b&gt;")
-    "costs $10 million, it's <b>"
-    """
-
-    def numeric(match: re.Match) -> str:
-        code = int(match.group(1))
-        return chr(code) if 0 < code < 0x110000 else match.group(0)
-
-    text = text.replace("\\", " ")
-    text = _BARE_NUMERIC_ENTITY.sub(numeric, text)
-    text = _BARE_NAMED_ENTITY.sub(lambda m: f"&{m.group(1)};", text)
-    text = html.unescape(text)
-    return _WHITESPACE.sub(" ", text).strip()
-
 
 # --- reading ----------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ tested without a layout or a config. No MLflow or Prefect here: the stage that c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ import pandas as pd
 import torch
 
 from ssl_models.methods.mlm import MLM
-from ssl_models.text import TextEncoder, load_text_encoder, save_text_encoder
+from ssl_models.text import TextEncoder, TextModelSettings, load_text_encoder, save_text_encoder
 from ssl_models.training import EpochStats, TrainSettings, pretrain
 from tasks.config import EvaluateConfig
 from tasks.text_evaluate import evaluate_text_encoders, label_efficiency
@@ -32,26 +31,6 @@ from tasks.text_validation import TextRules, quarantine_rows, validate_text_sour
 from tasks.validation_report import ValidationReport
 
 TEXT_MODEL_NAME = "ssl-text-encoder"
-
-
-@dataclass(frozen=True)
-class TextModelSettings:
-    """The text encoder and its MLM pretraining: the defaults measured in benchmarks/results/mlm.json."""
-
-    vocab_size: int = 4000
-    max_len: int = 64
-    dim: int = 64
-    depth: int = 2
-    heads: int | None = None  # dim // 32
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-2  # AdamW, per 256 documents (scaled linearly: 2.5e-3 at batch 64)
-    weight_decay: float = 0.01
-    warmup_epochs: int = 1
-    mask_prob: float = 0.15
-    whole_word: bool = False
-    seed: int = 0
-    method_params: dict = field(default_factory=dict)  # further MLM arguments (replace_prob, random_prob)
 
 
 def validate_text(
@@ -133,7 +112,7 @@ def pretrain_text(
         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
         warmup_epochs=settings.warmup_epochs, optimizer="adamw", seed=settings.seed,
     )  # fmt: skip
-    history = pretrain(method, ids, train, device, on_epoch_end, checkpoint_path, progress)
+    history = pretrain(method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra)  # extra: the run to resume in
     save_text_encoder(method.encoder.cpu(), encoder_dir, prepared_unlabeled / "tokenizer.json", extra={"method": "mlm", **(extra or {})})
     return history
 

@@ -27,6 +27,13 @@ TINY_PARAMS = {
 }
 
 
+# Text: the MLM pipeline at a size that runs in seconds (tests/flows/test_text_pipeline.py).
+TINY_TEXT_PARAMS = {
+    "pretrain": {"method": "mlm"},
+    "text": {"vocab_size": 300, "max_len": 32, "dim": 32, "depth": 1, "epochs": 1, "warmup_epochs": 0},
+}
+
+
 def _extract(archive: Path, members: list[str], dest: Path) -> None:
     with tarfile.open(archive) as tar:
         wanted = set(members)
@@ -54,6 +61,18 @@ def tiny_data(tmp_path_factory, sample_members) -> dict[str, Path]:
             picked += [m for m in sample_members["labeled"] if m.startswith(f"labeled/{split}/{cls}/")][:count]
     _extract(SAMPLE / "labeled.tar.gz", picked, root)
     return {"unlabeled": root / "unlabeled", "labeled": root / "labeled"}
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> dict[str, Path]:
+    """200 unlabeled news articles (no label column) and a disjoint labeled set of 30 per class,
+    cut from the bundled AG News slice."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("tiny_text")
+    pd.read_csv(SAMPLE / "news.csv.gz").head(200).to_csv(root / "news.csv.gz", index=False)
+    pd.read_csv(SAMPLE / "news_labeled.csv.gz").groupby("label").head(30).to_csv(root / "news_labeled.csv.gz", index=False)
+    return {"unlabeled": root / "news.csv.gz", "labeled": root / "news_labeled.csv.gz"}
 
 
 def write_params(root: Path, unlabeled: Path | str, labeled: Path | str, **sections) -> Path:

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from ssl_models.training import checkpoint_extra
-from tests.conftest import REPO, TINY_PARAMS, kill_at_first_checkpoint, write_params
+from tests.conftest import REPO, TINY_PARAMS, TINY_TEXT_PARAMS, kill_at_first_checkpoint, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -36,15 +36,19 @@ def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
-def _dvc_repo(root: Path, tiny_data: dict[str, Path], **sections) -> Path:
-    """A fresh git + DVC repo at ``root`` with the code, dvc.yaml, the tiny data and params."""
+def _dvc_repo(
+    root: Path, inputs: dict[str, Path], unlabeled: str = "data/input/unlabeled", labeled: str = "data/input/labeled", **sections
+) -> Path:
+    """A fresh git + DVC repo at ``root`` with the code, dvc.yaml, the inputs (folders or
+    files, under data/input/<name>) and params.yaml naming the unlabeled and labeled data."""
     root.mkdir()
     for package in ("flows", "tasks", "ssl_models"):  # the code deps dvc.yaml lists
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
-    for name, src in tiny_data.items():
-        shutil.copytree(src, root / "data" / "input" / name)
-    write_params(root, "data/input/unlabeled", "data/input/labeled", **sections)
+    (root / "data" / "input").mkdir(parents=True)
+    for name, src in inputs.items():
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / "data" / "input" / name)
+    write_params(root, unlabeled, labeled, **sections)
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
     _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=root)
@@ -106,3 +110,19 @@ def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_kill(tmp_path, ti
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(killed_run, "pretrain/loss")][-3:] == [2, 3, 4]
     assert client.search_runs([run.info.experiment_id], "attributes.status = 'RUNNING'") == []
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_text_pipeline(tmp_path, tiny_text, mlflow_store):
+    """The same dvc.yaml with params.yaml pointing at text: every stage runs its text function."""
+    inputs = {src.name: src for src in tiny_text.values()}
+    root = _dvc_repo(tmp_path / "repo", inputs, "data/input/news.csv.gz", "data/input/news_labeled.csv.gz", **TINY_TEXT_PARAMS)
+
+    first = _run("dvc", "repro", cwd=root)
+    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+    assert {"ssl", "random_init", "tfidf"} <= set(yaml.safe_load((root / "reports" / "metrics.json").read_text()))
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    data_hash = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared/unlabeled")
+    version = MlflowClient(mlflow_store, registry_uri=mlflow_store).get_model_version_by_alias("ssl-text-encoder", "challenger")
+    assert version.tags["data_version"] == data_hash and version.tags["modality"] == "text"
+    assert _ran(_run("dvc", "repro", cwd=root)) == set()

@@ -126,3 +126,20 @@ def test_params_file_that_is_not_a_mapping(tmp_path):
     params.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(params)
+
+
+def test_the_method_must_match_the_modality_of_the_data():
+    from tests.conftest import SAMPLE
+
+    text = [f"data.unlabeled={SAMPLE / 'news.csv.gz'}", f"data.labeled={SAMPLE / 'news_labeled.csv.gz'}"]
+    with pytest.raises(ConfigError, match=r"is text, but pretrain.method=simclr trains on images: set pretrain.method=mlm"):
+        load_config(None, text)
+    with pytest.raises(ConfigError, match=r"pretrain.method=mlm trains on text, but data.unlabeled=.*unlabeled.tar.gz is not a text source"):
+        load_config(None, [f"data.unlabeled={SAMPLE / 'unlabeled.tar.gz'}", "pretrain.method=mlm"])
+    with pytest.raises(ConfigError, match=r"data.labeled=.*labeled.tar.gz is not text"):
+        load_config(None, [*text[:1], f"data.labeled={SAMPLE / 'labeled.tar.gz'}", "pretrain.method=mlm"])
+    cfg = load_config(None, [*text, "pretrain.method=mlm", "text.dim=32", "pretrain.method_params={mask_prob: 0.2, whole_word: true}"])
+    assert cfg.modality() == "text" and cfg.model_name("text") == "ssl-text-encoder" and cfg.model_name("image") == "ssl-encoder"
+    settings = cfg.text.settings(cfg.pretrain.seed, cfg.pretrain.method_params)
+    assert (settings.dim, settings.mask_prob, settings.whole_word, settings.method_params) == (32, 0.2, True, {})
+    assert cfg.resolved().pretrain.backbone == "text_transformer"

@@ -168,3 +168,18 @@ def test_promote_and_rollback_by_hand_through_the_cli(tmp_path, mlflow_store):
     for out in (nothing, unknown):
         assert "Traceback" not in out.stderr + out.stdout
     assert champion(mlflow_store) == 1
+
+
+def test_the_gate_compares_text_encoders_with_text_encoders_only(tmp_path, mlflow_store):
+    from tasks.promote import PromotionError, gate
+
+    client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
+    client.create_registered_model("mixed")
+    source = tmp_path / "model"
+    source.mkdir()
+    image = client.create_model_version("mixed", str(source), tags={"probe_acc": "0.3"})  # no modality tag: an image encoder
+    client.set_registered_model_alias("mixed", "champion", image.version)
+    text = client.create_model_version("mixed", str(source), tags={"probe_acc": "0.7", "modality": "text"})
+    with pytest.raises(PromotionError, match="is an image encoder, version 2 a text one: the gate compares like with like"):
+        gate(client, "mixed", text, 0.7, "champion", 0.0, rescore=lambda version: pytest.fail("nothing is re-scored across modalities"))
+    assert client.get_registered_model("mixed").aliases["champion"] == image.version

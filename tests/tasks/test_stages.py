@@ -4,11 +4,13 @@ no stage imports another, and a stage is stale exactly when what it depends on c
 import ast
 import json
 
+import yaml
+
 from tasks.config import load_config
 from tasks.stages import PIPELINE, STAGES, code_deps, dvc_yaml, mark_done, stale_reason
 from tests.conftest import REPO
 
-STAGE_MODULES = {stage.module for stage in PIPELINE} | {"tasks.finetune"}
+STAGE_MODULES = {module for stage in PIPELINE for module in stage.modules} | {"tasks.finetune"}
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list():
@@ -58,3 +60,15 @@ def test_a_stage_is_stale_when_its_params_inputs_or_outputs_change(tmp_path):
     assert "reports/augment_preview.png" in stale_reason(stage, tmp_path, cfg)
     record = json.loads((tmp_path / ".sslpipe" / "stages" / "augment.json").read_text())
     assert set(record) == {"inputs", "out:reports/augment_preview.png"}
+
+
+def test_each_stage_has_a_text_function_with_the_same_result_and_both_codes_in_dvc_yaml():
+    import inspect
+
+    generated = yaml.safe_load(dvc_yaml())["stages"]
+    for stage in PIPELINE:
+        image, text = stage.load("image"), stage.load("text")
+        assert image is not text and text.__module__ == "tasks.text_pipeline"
+        assert inspect.signature(text).return_annotation == inspect.signature(image).return_annotation == stage.result
+        deps = generated[stage.name]["deps"]
+        assert f"{stage.module.replace('.', '/')}.py" in deps and "tasks/text_pipeline.py" in deps
