@@ -94,6 +94,8 @@ def random_init_scores(data):
 # Relative patch position, at the edge before (see above), fell below random init on
 # 2026-11-29 once width-8 models train in the default layout (oneDNN's channels_last
 # corrupts memory there): kNN 0.218 vs 0.265, probe 0.253 vs 0.267 at 3 epochs.
+# Not run (reported as xfail with the reason): a known failure would cost CI minutes to
+# fail again; run them by hand with --runxfail when working on these methods.
 KNOWN_FAILING = {
     "byol": "after the data-order change: probe 0.254 vs random 0.267 at 10 epochs (2026-11-28)",
     "relative_patch": "kNN 0.218 vs random 0.265, probe 0.253 vs 0.267 at 3 epochs (2026-11-29)",
@@ -102,7 +104,7 @@ KNOWN_FAILING = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], strict=False)) if n in KNOWN_FAILING else n for n in sorted(METHODS)]
+    "name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], run=False)) if n in KNOWN_FAILING else n for n in sorted(METHODS)]
 )
 def test_method_lowers_its_loss_and_beats_random_init(name, data, random_init_scores):
     pool, train_x, train_y, test_x, test_y = data
