@@ -348,7 +348,10 @@ def _drain_prefect_clients() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    console = logging.StreamHandler()
+    console.setLevel(level)  # its own level: loggers the flow opens to INFO for Prefect's run log (flows/run_logs.py) stay quiet here with -q
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[console])
     for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.

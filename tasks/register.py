@@ -15,6 +15,7 @@ tags of the version and of the run, and are in ``reports/registered.json``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ from tasks.promote import gate, registry_lock
 from tasks.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
 from tasks.scoring import probe_accuracy, protocol_version, summary_table
 from tasks.tracking import use_store
+
+log = logging.getLogger(__name__)
 
 
 class MismatchedScores(Exception):
@@ -105,6 +108,7 @@ def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, eval
 
     facts = {"data version": tags["data_version"], "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
     describe_version(mlflow.MlflowClient(), cfg.register.model_name, version.version, version_description(decision.summary(), summary_table(evaluation.metrics), facts))
+    log.info("registered %s version %s (@%s); promotion gate: %s", cfg.register.model_name, version.version, cfg.register.alias, decision.summary())
     tracker.set_tags({"registered_version": version.version, **decision.tags()})
     tracker.log_metrics(decision.metrics())
     registered = Registered(cfg.register.model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())
