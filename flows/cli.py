@@ -154,7 +154,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from flows.pipeline import ssl_pipeline
     from tasks.scoring import summary_table
 
-    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, return_state=True), "the pipeline")
+    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, progress=not args.quiet, return_state=True), "the pipeline")
     print()
     for name, why in result["skipped"].items():
         print(f"{name:<9} skipped: {why}")

@@ -34,15 +34,16 @@ log = logging.getLogger("sslpipe")
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False):
-    """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml."""
+def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False, progress: bool = True):
+    """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml;
+    ``progress=False`` (``sslpipe run -q``) draws no progress bars."""
     layout = Layout.at(root)
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
     # One run per project root at a time. The CLI already holds the lock (re-entrant: a no-op
     # then); a scheduled run that starts the flow directly takes it here.
     # Our own log lines (image counts, per-epoch loss, the gate's decision) go to this run's logs.
     with run_logs_to_prefect(), hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
-        return _run_stages(layout, cfg, force)
+        return _run_stages(layout, cfg, force, progress)
 
 
 def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
@@ -59,7 +60,7 @@ def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
     return f"{stage.name}: {what}" if what else stage.name
 
 
-def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
+def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool):
     from ssl_models.methods import check_image_size
 
     p = cfg.pretrain
@@ -80,7 +81,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
                 except MissingInput as err:
                     reason = str(err)
             inputs = {name: results[name] for name in stage.inputs}
-            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), key=input_key(stage, layout.root, cfg))
+            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), progress, input_key(stage, layout.root, cfg))
             log.info("%s: running (%s)", stage.name, reason)
             run = task(stage.load(), name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
             result = run(ctx, *inputs.values())
