@@ -28,7 +28,7 @@ from tasks.results import MissingInput
 from tasks.root_lock import hold_root
 from tasks.scoring import ENCODERS, summary_table
 from tasks.stages import PIPELINE, Stage, input_key, mark_done, stale_reason
-from tasks.tracking import tracking_uri, ui_base, ui_url
+from tasks.tracking import model_version_url, tracking_uri, ui_base, ui_url
 
 log = logging.getLogger("sslpipe")
 
@@ -87,7 +87,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool
             result = run(ctx, *inputs.values())
             results[stage.name], ran[stage.name] = result, reason
             if stage.name == "validate":
-                create_markdown_artifact(key="data-validation", markdown=result.markdown)
+                create_markdown_artifact(key="data-validation", markdown=result.markdown, description="Both sources through the checks")
                 if not result.success:
                     own.end("FAILED")
                     return Failed(message="\n".join(result.summaries))
@@ -110,17 +110,28 @@ def _publish(layout: Layout, cfg: PipelineConfig, registered, metrics: dict) -> 
     uri = tracking_uri(layout.root)
     base = ui_base(uri)
     experiment_id = MlflowClient(uri).get_run(registered.run_id).info.experiment_id
-    hint = "" if base == uri else f" (start the UI with `mlflow ui --backend-store-uri {uri}`)"
-    create_link_artifact(key="mlflow-run", link=ui_url(base, experiment_id, registered.run_id), link_text=f"MLflow run {registered.run_id}",
-                         description=f"The MLflow run of this pipeline run{hint}")
-    version_url = f"{base.rstrip('/')}/#/models/{registered.model_name}/versions/{registered.version}"
-    create_link_artifact(key="mlflow-model-version", link=version_url, link_text=f"{registered.model_name} version {registered.version}",
-                         description=f"The registered encoder{hint}")
-    rows = [{"encoder": name, "linear probe acc": round(metrics[name]["linear_probe_acc"], 4), "kNN acc": round(metrics[name]["knn_acc"], 4)}
-            for name in ENCODERS if name in metrics]
+    hint = "" if base == uri else f" A local store: open it with `mlflow ui --backend-store-uri {uri}`."
+    create_link_artifact(
+        key="mlflow-run",
+        link=ui_url(base, experiment_id, registered.run_id),
+        link_text=f"MLflow run {registered.run_id}",
+        description=f"This pipeline run in MLflow: params, metrics, plots.{hint}",
+    )
+    create_link_artifact(
+        key="mlflow-model-version",
+        link=model_version_url(base, registered.model_name, registered.version),
+        link_text=f"{registered.model_name} version {registered.version}",
+        description=f"The registered encoder and the gate's decision.{hint}",
+    )
+    rows = [
+        {"encoder": name, "linear probe acc": round(metrics[name]["linear_probe_acc"], 4), "kNN acc": round(metrics[name]["knn_acc"], 4)}
+        for name in ENCODERS
+        if name in metrics
+    ]
     create_table_artifact(key="evaluation", table=rows, description="Linear probe and kNN accuracy on the labeled test split")
     create_markdown_artifact(
         key="ssl-pipeline-summary",
+        description="The gate's decision and the evaluation",
         markdown=f"## {cfg.pretrain.method} encoder, {registered.model_name} v{registered.version}\n\n{registered.decision}\n\n"
         f"```\n{summary_table(metrics)}\n```\n\nMLflow run [{registered.run_id}]({ui_url(base, experiment_id, registered.run_id)})",
     )

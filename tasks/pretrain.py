@@ -59,7 +59,8 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
     history = train(method, images, p.settings(), torch.device(p.device), on_epoch_end, checkpoint, ctx.progress, extra=extra)
     rows = [{"epoch": s.epoch, **s.as_metrics()} for s in history]
     write_rows(layout.pretrain_reports / "history.csv", rows)
-    tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png"), "plots")
+    title = f"{p.method} pretraining ({p.backbone}, {len(images)} images), per epoch"
+    tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png", title), "plots")
     with staged_dir(layout.encoder) as staging:
         save_encoder(method.encoder, staging, extra={"method": p.method, "data_version": prepared.data_version, "run_id": tracker.run_id})
     checkpoint.unlink(missing_ok=True)

@@ -107,8 +107,13 @@ def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, eval
     import mlflow
 
     facts = {"data version": tags["data_version"], "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
-    describe_version(mlflow.MlflowClient(), cfg.register.model_name, version.version, version_description(decision.summary(), summary_table(evaluation.metrics), facts))
-    log.info("registered %s version %s (@%s); promotion gate: %s", cfg.register.model_name, version.version, cfg.register.alias, decision.summary())
+    description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
+    describe_version(mlflow.MlflowClient(), cfg.register.model_name, version.version, description)
+    # The run's description too: the UI shows it above the run's metrics, results before the
+    # validation statistics logged first.
+    tracker.set_tags({"mlflow.note.content": f"**Registered** as {cfg.register.model_name} version {version.version}. {description}"})
+    r = cfg.register
+    log.info("registered %s version %s (@%s); promotion gate: %s", r.model_name, version.version, r.alias, decision.summary())
     tracker.set_tags({"registered_version": version.version, **decision.tags()})
     tracker.log_metrics(decision.metrics())
     registered = Registered(cfg.register.model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())

@@ -76,6 +76,11 @@ def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
+def model_version_url(base: str, name: str, version: int | str) -> str:
+    """A link to a registered model version's page, in the model-training view (see :func:`ui_url`)."""
+    return f"{base.rstrip('/')}/#/models/{name}/versions/{version}?workflowType=machine_learning"
+
+
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
 

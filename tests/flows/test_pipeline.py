@@ -57,7 +57,7 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     # Prefect 3 stores a link artifact as a markdown link.
     assert artifacts["mlflow-run"].data.startswith(f"[MLflow run {registered.run_id}](http")
     assert f"/runs/{registered.run_id}?workflowType=machine_learning)" in artifacts["mlflow-run"].data
-    assert artifacts["mlflow-model-version"].data.endswith("/#/models/ssl-encoder/versions/1)")
+    assert artifacts["mlflow-model-version"].data.endswith("/#/models/ssl-encoder/versions/1?workflowType=machine_learning)")
     assert artifacts["evaluation"].type == "table" and "linear probe acc" in artifacts["evaluation"].data
     assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency", "encoder"}
     for scores in (metrics[name] for name in ("ssl", "random_init", "raw_pixels")):
