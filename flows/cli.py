@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if getattr(args, "quiet", False):  # MLflow's own download bars ignore the log level
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from flows import preflight
     from flows.interrupts import run_guarded
 

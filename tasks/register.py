@@ -110,8 +110,13 @@ def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, eval
     description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
     describe_version(mlflow.MlflowClient(), cfg.register.model_name, version.version, description)
     # The run's description too: the UI shows it above the run's metrics, results before the
-    # validation statistics logged first.
-    tracker.set_tags({"mlflow.note.content": f"**Registered** as {cfg.register.model_name} version {version.version}. {description}"})
+    # validation statistics logged first. Its first line, all that the collapsed description
+    # shows, is the result in one sentence; the gate's decision follows.
+    headline = (
+        f"**{pretrained.method} encoder: linear probe {ssl['linear_probe_acc']:.3f}, kNN {ssl['knn_acc']:.3f}**, "
+        f"registered as {cfg.register.model_name} version {version.version}.\n\n"
+    )
+    tracker.set_tags({"mlflow.note.content": headline + description})
     r = cfg.register
     log.info("registered %s version %s (@%s); promotion gate: %s", r.model_name, version.version, r.alias, decision.summary())
     tracker.set_tags({"registered_version": version.version, **decision.tags()})

@@ -92,6 +92,8 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     # The first version is champion too, and the gate says so in the run and on the version.
     assert set(version.aliases) == {"challenger", "champion"} and registered.champion is True
     assert version.tags["gate/reason"] == "first" and run.data.tags["gate/decision"] == "promoted"
+    # The run's description (shown above its metrics in the UI) starts with the result.
+    assert client.get_run(run.info.run_id).data.tags["mlflow.note.content"].startswith("**simclr encoder: linear probe ")
     assert version.tags["method"] == "simclr"
     assert version.tags["data_version"] == run.data.tags["data_version"]
     assert float(version.tags["linear_probe_acc"]) == round(metrics["ssl"]["linear_probe_acc"], 4)
