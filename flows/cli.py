@@ -160,7 +160,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from flows.pipeline import ssl_pipeline
     from tasks.scoring import summary_table
 
-    result = _result_of(ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, return_state=True), "the pipeline")
+    state = ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, progress=not args.quiet, return_state=True)
+    result = _result_of(state, "the pipeline")
     print()
     for name, why in result["skipped"].items():
         print(f"{name:<9} skipped: {why}")
@@ -362,12 +363,19 @@ def _drain_prefect_clients() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    console = logging.StreamHandler()
+    # The console has its own level: loggers the flow opens to INFO for Prefect's run log
+    # (flows/run_logs.py) stay quiet here with -q.
+    console.setLevel(level)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[console])
     for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if getattr(args, "quiet", False):  # MLflow's own download bars ignore the log level
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from flows import preflight
     from flows.interrupts import run_guarded
 

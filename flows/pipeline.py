@@ -17,35 +17,53 @@ from __future__ import annotations
 import logging
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.run_logs import run_logs_to_prefect
 from flows.stage_runner import pipeline_tracker, tracker_for
 from tasks.config import PipelineConfig, load_config
 from tasks.context import StageContext
 from tasks.layout import Layout
 from tasks.results import MissingInput
 from tasks.root_lock import hold_root
-from tasks.scoring import summary_table
-from tasks.stages import PIPELINE, input_key, mark_done, stale_reason
+from tasks.scoring import ENCODERS, summary_table
+from tasks.stages import PIPELINE, Stage, input_key, mark_done, stale_reason
+from tasks.tracking import model_version_url, tracking_uri, ui_base, ui_url
 
 log = logging.getLogger("sslpipe")
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False):
-    """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml."""
+def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False, progress: bool = True):
+    """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml;
+    ``progress=False`` (``sslpipe run -q``) draws no progress bars."""
     layout = Layout.at(root)
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
     # One run per project root at a time. The CLI already holds the lock (re-entrant: a no-op
     # then); a scheduled run that starts the flow directly takes it here.
-    with hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
-        return _run_stages(layout, cfg, force)
+    # Our own log lines (image counts, per-epoch loss, the gate's decision) go to this run's logs.
+    with run_logs_to_prefect(), hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
+        return _run_stages(layout, cfg, force, progress)
 
 
-def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
+def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
+    """What a stage's task run did, for the Prefect UI: ``pretrain: simclr, resnet18_cifar, 2 epochs``."""
+    p = cfg.pretrain
+    what = {
+        "validate": f"{cfg.data.unlabeled} + {cfg.data.labeled}",
+        "ingest": f"{cfg.data.image_size}px",
+        "augment": f"{cfg.augment.preview_images} preview images",
+        "pretrain": f"{p.method}, {p.backbone}, {p.epochs} epochs",
+        "evaluate": "linear probe, kNN, label efficiency",
+        "register": f"{cfg.register.model_name} @{cfg.register.alias}, promotion gate",
+    }.get(stage.name)
+    return f"{stage.name}: {what}" if what else stage.name
+
+
+def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool):
     from ssl_models.methods import check_image_size
 
     p, modality = cfg.pretrain, cfg.modality(layout.root)
@@ -67,13 +85,13 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
                 except MissingInput as err:
                     reason = str(err)
             inputs = {name: results[name] for name in stage.inputs}
-            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), key=input_key(stage, layout.root, cfg))
+            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), progress, input_key(stage, layout.root, cfg))
             log.info("%s: running (%s)", stage.name, reason)
-            run = task(stage.load(modality), name=stage.name, task_run_name=stage.name, cache_policy=NO_CACHE)
+            run = task(stage.load(modality), name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
             result = run(ctx, *inputs.values())
             results[stage.name], ran[stage.name] = result, reason
             if stage.name == "validate":
-                create_markdown_artifact(key="data-validation", markdown=result.markdown)
+                create_markdown_artifact(key="data-validation", markdown=result.markdown, description="Both sources through the checks")
                 if not result.success:
                     own.end("FAILED")
                     return Failed(message="\n".join(result.summaries))
@@ -84,9 +102,40 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool):
     own.end()
     registered, evaluation = results["register"], results["evaluate"]
     if "register" in ran:
-        create_markdown_artifact(
-            key="ssl-pipeline-summary",
-            markdown=f"## {cfg.pretrain.method} encoder, {registered.model_name} v{registered.version}\n\n{registered.decision}\n\n"
-            f"```\n{summary_table(evaluation.metrics)}\n```\n\nMLflow run `{registered.run_id}`",
-        )
+        _publish(layout, cfg, registered, evaluation.metrics)
     return {"ran": ran, "skipped": skipped, "registered": registered, "metrics": evaluation.metrics, "images": results["ingest"].counts}
+
+
+def _publish(layout: Layout, cfg: PipelineConfig, registered, metrics: dict) -> None:
+    """What the flow run's Artifacts tab shows: links to the MLflow run and model version,
+    the evaluation as a table, and a summary with the gate's decision."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(layout.root)
+    base = ui_base(uri)
+    experiment_id = MlflowClient(uri).get_run(registered.run_id).info.experiment_id
+    hint = "" if base == uri else f" A local store: open it with `mlflow ui --backend-store-uri {uri}`."
+    create_link_artifact(
+        key="mlflow-run",
+        link=ui_url(base, experiment_id, registered.run_id),
+        link_text=f"MLflow run {registered.run_id}",
+        description=f"This pipeline run in MLflow: params, metrics, plots.{hint}",
+    )
+    create_link_artifact(
+        key="mlflow-model-version",
+        link=model_version_url(base, registered.model_name, registered.version),
+        link_text=f"{registered.model_name} version {registered.version}",
+        description=f"The registered encoder and the gate's decision.{hint}",
+    )
+    rows = [
+        {"encoder": name, "linear probe acc": round(metrics[name]["linear_probe_acc"], 4), "kNN acc": round(metrics[name]["knn_acc"], 4)}
+        for name in ENCODERS
+        if name in metrics
+    ]
+    create_table_artifact(key="evaluation", table=rows, description="Linear probe and kNN accuracy on the labeled test split")
+    create_markdown_artifact(
+        key="ssl-pipeline-summary",
+        description="The gate's decision and the evaluation",
+        markdown=f"## {cfg.pretrain.method} encoder, {registered.model_name} v{registered.version}\n\n{registered.decision}\n\n"
+        f"```\n{summary_table(metrics)}\n```\n\nMLflow run [{registered.run_id}]({ui_url(base, experiment_id, registered.run_id)})",
+    )

@@ -66,3 +66,20 @@ def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu"
     config = json.loads((directory / CONFIG_FILE).read_text())
     state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
     return encoder_from_weights(config, state)
+
+
+def export_program(encoder: Encoder, path: str | Path) -> Path:
+    """Save the encoder as a ``torch.export`` program (``.pt2``): the graph and weights, loadable
+    with ``torch.export.load(path).module()`` without this package (for serving stacks that take
+    exported PyTorch programs). Any batch size; the image size it was trained at. TorchScript
+    (``torch.jit``) is deprecated in current PyTorch, so this is the export kept; ONNX would
+    need the ``onnx`` package, which the project does not install."""
+    size = encoder.config.get("image_size", 32)
+    example = torch.rand(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(encoder.eval(), (example,), dynamic_shapes=({0: batch},))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, path)
+    return path

@@ -15,6 +15,7 @@ labels is the supervised reference. And a t-SNE picture of the SSL test embeddin
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from tasks.plots import accuracy_bars, embedding_plot, label_efficiency_plot
 from tasks.prepared import load_classes, load_labeled
 from tasks.results import Evaluation, Prepared, Pretrained
 from tasks.scoring import ENCODERS, evaluate_encoders, label_efficiency, log_evaluation, percent
+
+log = logging.getLogger(__name__)
 
 
 def embedding_picture(encoder: Encoder, labeled: dict[str, torch.Tensor], classes: list[str], cfg: EvaluateConfig, device: torch.device, path: Path, seed: int = 0) -> Path:
@@ -47,10 +50,14 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
     labeled = load_labeled(prepared.labeled)
     classes = load_classes(prepared.labeled)
     metrics: dict = evaluate_encoders(encoder, labeled, cfg.evaluate, device, cfg.pretrain.seed)
+    shares = ", ".join(percent(f) for f in cfg.evaluate.label_fractions)
+    log.info("label efficiency: fine-tuning at %s of the labels (minutes on a CPU)", shares)
     rows = label_efficiency(encoder, labeled, len(classes), cfg.evaluate.label_fractions, cfg.finetune.settings(), device, ctx.progress)
     # The curve always ends at 100% (the config sees to it): from scratch there is the supervised reference.
     metrics["supervised_scratch"] = {"test_acc": rows[-1]["scratch"], "labels": rows[-1]["labels"]}
     metrics["label_efficiency"] = {key: {percent(row["fraction"]): row[key] for row in rows} for key in ("ssl_finetune", "scratch")}
+    points = (f"{percent(row['fraction'])} fine-tuned {row['ssl_finetune']:.3f} vs scratch {row['scratch']:.3f}" for row in rows)
+    log.info("label efficiency: %s", "; ".join(points))
     # Which encoder these numbers belong to: register refuses to file them under another one.
     metrics["encoder"] = {"sha256": pretrained.weights_sha256, "run_id": pretrained.run_id}
 

@@ -8,12 +8,16 @@ of an old unlabeled set with a new labeled one.
 
 from __future__ import annotations
 
+import logging
+
 from tasks.atomic import staged_dir
 from tasks.context import StageContext
 from tasks.lineage import dvc_hash
 from tasks.prepared import write_labeled, write_unlabeled
 from tasks.results import Prepared, Validated
 from tasks.sources import SourceError
+
+log = logging.getLogger(__name__)
 
 
 def ingest(ctx: StageContext, validated: Validated) -> Prepared:
@@ -27,4 +31,5 @@ def ingest(ctx: StageContext, validated: Validated) -> Prepared:
         )
     counts = {"unlabeled": unlabeled} | {f"labeled_{split}": n for split, n in labeled.items()}
     ctx.tracker.log_metrics({f"images/{key}": n for key, n in counts.items()})
+    log.info("prepared %s", ", ".join(f"{n} {key.replace('_', ' ')} images" for key, n in counts.items()))
     return Prepared(str(layout.unlabeled), str(layout.labeled), counts, dvc_hash(layout.unlabeled), dvc_hash(layout.labeled))

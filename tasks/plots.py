@@ -32,12 +32,15 @@ def training_curves(history: Sequence[dict], path: Path, title: str = "Pretraini
     """Loss, embedding std and effective rank per epoch, side by side."""
     plt = _pyplot()
     keys = [("loss", "training loss"), ("embedding_std", "std of normalised embeddings"), ("effective_rank", "effective rank of embeddings")]
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
     for ax, (key, label) in zip(axes, keys):
         ax.plot(epochs, [row[key] for row in history], marker="o")
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epoch 1, 2, 3; never 1.5
         ax.set_ylabel(label.split(" of ")[0])
         ax.grid(alpha=0.3)
     fig.suptitle(title)

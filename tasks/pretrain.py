@@ -75,7 +75,8 @@ def pretrain(ctx: StageContext, prepared: Prepared, preview: Preview) -> Pretrai
     history, weights = trained
     rows = [{"epoch": s.epoch, **s.as_metrics()} for s in history]
     write_rows(layout.pretrain_reports / "history.csv", rows)
-    tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png"), "plots")
+    title = f"{p.method} pretraining ({describe(p.backbone, size)}, {images} images), per epoch"
+    tracker.log_artifact(training_curves(rows, layout.pretrain_reports / "curves.png", title), "plots")
     encoder = _encoder(p, size)
     encoder.load_state_dict(weights)
     with staged_dir(layout.encoder) as staging:

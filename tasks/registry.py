@@ -7,6 +7,7 @@ is re-scored on the current evaluation data.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tasks.mlflow_model import describe_version, version_description
 from tasks.promote import gate, registry_lock
 from tasks.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
 from tasks.scoring import protocol_version, summary_table
+
+log = logging.getLogger(__name__)
 
 
 class MismatchedScores(Exception):
@@ -80,7 +83,18 @@ def record_registration(ctx: StageContext, model_name: str, version, decision, p
 
     cfg, tracker = ctx.cfg, ctx.tracker
     facts = {"data version": tracker.tag("data_version"), "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
-    describe_version(mlflow.MlflowClient(), model_name, version.version, version_description(decision.summary(), summary_table(evaluation.metrics), facts))
+    description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
+    describe_version(mlflow.MlflowClient(), model_name, version.version, description)
+    # The run's description too: the UI shows it above the run's metrics, results before the
+    # validation statistics logged first. Its first line, all that the collapsed description
+    # shows, is the result in one sentence; the gate's decision follows.
+    ssl = evaluation.metrics["ssl"]
+    headline = (
+        f"**{pretrained.method} encoder: linear probe {ssl['linear_probe_acc']:.3f}, kNN {ssl['knn_acc']:.3f}**, "
+        f"registered as {model_name} version {version.version}.\n\n"
+    )
+    tracker.set_tags({"mlflow.note.content": headline + description})
+    log.info("registered %s version %s (@%s); promotion gate: %s", model_name, version.version, cfg.register.alias, decision.summary())
     tracker.set_tags({"registered_version": version.version, **decision.tags()})
     tracker.log_metrics(decision.metrics())
     registered = Registered(model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())

@@ -39,7 +39,7 @@ LEAVES = ("tasks.config", "tasks.context", "tasks.results")
 @dataclass(frozen=True)
 class Out:
     path: str
-    cache: bool = True  # False: reports kept in git, not in DVC's cache
+    cache: bool = True  # False: small reports kept in git (.gitignore lets them in), not in DVC's cache
     persist: bool = False  # True: DVC keeps it between runs (the drift reference)
     kind: str = "out"  # out | metric | plot
     note: str = ""
@@ -93,7 +93,8 @@ PIPELINE: tuple[Stage, ...] = (
         deps=("${data.unlabeled}", "${data.labeled}"),
         params=("data.unlabeled", "data.labeled", "data.image_size", "data.text_columns", "data.label_column", "validate"),
         outs=(
-            Out("reports/validation", cache=False, note="reports, per-image tables (ingest reads `accepted`), Data Docs"),
+            # Per-image tables and Data Docs grow with the data: DVC's cache, not git, keeps them.
+            Out("reports/validation", note="reports, per-image tables (ingest reads `accepted`), Data Docs"),
             Out("reports/quarantine.csv", cache=False, note="every bad file with its fault"),
             Out("data/reference_stats.json", cache=False, persist=True, note="the drift reference: git-tracked, rewritten by each pass"),
         ),

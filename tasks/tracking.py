@@ -76,6 +76,22 @@ def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
+def model_version_url(base: str, name: str, version: int | str) -> str:
+    """A link to a registered model version's page, in the model-training view (see :func:`ui_url`)."""
+    return f"{base.rstrip('/')}/#/models/{name}/versions/{version}?workflowType=machine_learning"
+
+
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def ui_base(uri: str) -> str:
+    """The MLflow UI for tracking ``uri``: a tracking server serves its own UI; for a local
+    store, ``$MLFLOW_UI_URL`` or where ``mlflow ui --backend-store-uri URI`` listens by default."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return os.environ.get("MLFLOW_UI_URL") or DEFAULT_UI
+
+
 def run_name(prefix: str, data_version: str | None = None, now: datetime | None = None) -> str:
     """A readable, unique MLflow run name: ``simclr-1a2b3c4d-20261128-142501-7f3e``
     (prefix, the first 8 characters of the data version, UTC time, 4 random hex digits so

@@ -11,6 +11,7 @@ the CLI prints it and exits 2.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
 import pandas as pd
@@ -21,6 +22,8 @@ from tasks.results import Validated
 from tasks.source_check import check_source, write_csv
 from tasks.validation_html import render
 from tasks.validation_report import report_metrics
+
+log = logging.getLogger(__name__)
 
 
 def validate(ctx: StageContext) -> Validated:
@@ -47,4 +50,6 @@ def validate(ctx: StageContext) -> Validated:
     tracker.log_artifact(layout.quarantine, "validation")
     markdown = "## Data validation\n\n" + "\n\n".join(r.markdown() for r in reports)
     tables = {r.name: str(layout.validation / f"{r.name}_table.csv") for r in reports}
+    for report in reports:
+        (log.info if report.success else log.error)("%s", report.summary())
     return Validated(all(r.success for r in reports), tuple(r.summary() for r in reports), tables, markdown)

@@ -126,6 +126,12 @@ def _statistics(report: dict) -> str:
     return f"<h2>Dataset statistics (good files)</h2>{note}<table>{head}{_rows(rows)}</table>"
 
 
+def _span(values) -> str:
+    """``32`` when every file has the same size, else ``24-512``."""
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _composition(table) -> str:
     if table is None or table.empty:
         return ""
@@ -139,7 +145,7 @@ def _composition(table) -> str:
         if len(w):
             sizes = table.dropna(subset=["width", "height"]).apply(lambda r: f"{int(r['width'])}x{int(r['height'])}", axis=1).value_counts().head(5)
             common = "<br>".join(f"<code>{escape(k)}</code> {v}" for k, v in sizes.items())
-            parts.append(f"<td><b>size</b><br>width {int(w.min())}-{int(w.max())}, height {int(h.min())}-{int(h.max())}<br>{common}</td>")
+            parts.append(f"<td><b>size</b><br>width {_span(w)}, height {_span(h)}<br>{common}</td>")
     return f"<h2>What the files are</h2><table><tr>{''.join(parts)}</tr></table>" if parts else ""
 
 

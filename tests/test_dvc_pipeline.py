@@ -1,7 +1,8 @@
 """dvc.yaml for real: `dvc repro` in a fresh git + DVC repo runs every stage, a second
-`dvc repro` runs nothing, and a changed pretrain param reruns only what follows it; and
-pretraining in 2 processes (the count in the run's MLflow params), killed after its first
-epoch, resumes under the next `dvc repro` to the uninterrupted run's encoder, bit for bit.
+`dvc repro` runs nothing, a changed pretrain param reruns only what follows it, and the
+committed metrics compare with the new ones (`dvc metrics diff`); and pretraining in 2
+processes (the count in the run's MLflow params), killed after its first epoch, resumes under
+the next `dvc repro` to the uninterrupted run's encoder, bit for bit.
 (Registration after 2 processes: tests/flows/test_pretrain_processes.py.)"""
 
 import json
@@ -44,7 +45,8 @@ def _dvc_repo(
     root.mkdir()
     for package in ("flows", "tasks", "ssl_models"):  # the code deps dvc.yaml lists
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root)
     (root / "data" / "input").mkdir(parents=True)
     for name, src in inputs.items():
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / "data" / "input" / name)
@@ -70,6 +72,12 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
 
     second = _run("dvc", "repro", cwd=root)
     assert _ran(second) == set()
+    # What DVC leaves to git (metrics, plot data, small PNGs) is committed; what it caches is not.
+    _run("git", "add", "-A", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run", cwd=root)
+    committed = set(_run("git", "ls-files", "reports", cwd=root).split())
+    assert {"reports/metrics.json", "reports/label_efficiency.csv", "reports/pretrain/history.csv", "reports/evaluation.png"} <= committed
+    assert not any(path.startswith("reports/validation/") for path in committed), committed
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["pretrain"]["epochs"] = 1
@@ -78,6 +86,13 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     assert _ran(third) == {"pretrain", "evaluate", "register"}
     assert int(client.get_model_version_by_alias("ssl-encoder", "challenger").version) == 2
     assert "up to date" in _run("dvc", "status", cwd=root).lower()
+    # The experiment compares with the committed run: params and metrics, old and new.
+    params_diff = json.loads(_run("dvc", "params", "diff", "--json", cwd=root))
+    assert {key: params_diff["params.yaml"]["pretrain.epochs"][key] for key in ("old", "new")} == {"old": 2, "new": 1}
+    metrics_diff = json.loads(_run("dvc", "metrics", "diff", "--all", "--json", cwd=root))
+    probe = metrics_diff["reports/metrics.json"]["ssl.linear_probe_acc"]
+    assert probe["old"] is not None and probe["new"] is not None, metrics_diff
+    assert "ssl.linear_probe_acc" in _run("dvc", "metrics", "show", cwd=root)
 
     # A helper module that stages import (not a stage module itself) is a code dep of each of them.
     with open(root / "tasks" / "prepared.py", "a") as handle:

@@ -23,7 +23,21 @@ def _task_runs(flow_run_id):
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.type.value for run in runs}
+    # Task runs say what ran ("pretrain: simclr, resnet18_cifar, 2 epochs"); the stage comes first.
+    return {run.name.split(":")[0]: run.state.type.value for run in runs}
+
+
+def _run_logs_and_artifacts(flow_run_id) -> tuple[list[str], dict]:
+    """The flow run's log messages (what the UI's Logs tab shows) and its artifacts by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are sent in batches in the background
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs], {a.key: a for a in artifacts}
 
 
 def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, prefect_server):
@@ -34,12 +48,22 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    registered = result["registered"]
+    # What the Prefect UI shows: our own log lines in the flow run's logs, links to MLflow.
+    messages, artifacts = _run_logs_and_artifacts(flow_run_id)
+    assert any(m.startswith("epoch 2/2: loss ") for m in messages), messages
+    assert any("promotion gate: version 1 is the first champion" in m for m in messages), messages
+    assert any(m.startswith("prepared 128 unlabeled images") for m in messages), messages
+    # Prefect 3 stores a link artifact as a markdown link.
+    assert artifacts["mlflow-run"].data.startswith(f"[MLflow run {registered.run_id}](http")
+    assert f"/runs/{registered.run_id}?workflowType=machine_learning)" in artifacts["mlflow-run"].data
+    assert artifacts["mlflow-model-version"].data.endswith("/#/models/ssl-encoder/versions/1?workflowType=machine_learning)")
+    assert artifacts["evaluation"].type == "table" and "linear probe acc" in artifacts["evaluation"].data
     assert set(metrics) == {"ssl", "random_init", "raw_pixels", "supervised_scratch", "label_efficiency", "encoder"}
     for scores in (metrics[name] for name in ("ssl", "random_init", "raw_pixels")):
         assert 0 <= scores["linear_probe_acc"] <= 1 and 0 <= scores["knn_acc"] <= 1
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
-    registered = result["registered"]
     run = client.get_run(registered.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["pretrain.epochs"] == "2"
@@ -68,6 +92,8 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     # The first version is champion too, and the gate says so in the run and on the version.
     assert set(version.aliases) == {"challenger", "champion"} and registered.champion is True
     assert version.tags["gate/reason"] == "first" and run.data.tags["gate/decision"] == "promoted"
+    # The run's description (shown above its metrics in the UI) starts with the result.
+    assert client.get_run(run.info.run_id).data.tags["mlflow.note.content"].startswith("**simclr encoder: linear probe ")
     assert version.tags["method"] == "simclr"
     assert version.tags["data_version"] == run.data.tags["data_version"]
     assert float(version.tags["linear_probe_acc"]) == round(metrics["ssl"]["linear_probe_acc"], 4)

@@ -17,6 +17,19 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_list():
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `sslpipe generate` and commit dvc.yaml"
 
 
+def test_git_keeps_exactly_the_outs_dvc_does_not_cache():
+    """`cache: false` outs (metrics, plot data, small PNGs) are meant for git, so that DVC
+    experiments compare; cached outs (data, models, validation tables) must stay out of git."""
+    import subprocess
+
+    outs = [(out.path, out.cache) for stage in PIPELINE for out in stage.outs]
+    outs += [(path, options.get("cache", True)) for stage in PIPELINE for plot in stage.plots for path, options in plot.items()]
+    found = subprocess.run(["git", "check-ignore", "--no-index", *(p for p, _ in outs)], cwd=REPO, capture_output=True, text=True)
+    ignored = set(found.stdout.split())
+    assert {path for path, cache in outs if not cache} & ignored == set(), ".gitignore hides a report DVC leaves to git"
+    assert {path for path, cache in outs if cache} - ignored == set(), ".gitignore lets in an out DVC caches"
+
+
 def test_code_deps_follow_the_imports():
     pretrain = code_deps("tasks.pretrain")
     assert {"tasks/pretrain.py", "tasks/prepared.py", "ssl_models/training.py", "ssl_models/methods/simclr.py", "ssl_models/augment.py"} <= set(pretrain)

@@ -32,3 +32,14 @@ def test_run_names_are_readable_and_unique():
 
 def test_ui_links_open_the_model_training_view():
     assert ui_url("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+def test_ui_links_point_at_the_server_or_the_local_ui(monkeypatch):
+    from tasks.tracking import model_version_url, ui_base
+
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    assert ui_base("http://mlflow.team:5000") == "http://mlflow.team:5000"
+    assert ui_base("sqlite:////tmp/mlflow.db") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5055")
+    assert ui_base("sqlite:////tmp/mlflow.db") == "http://127.0.0.1:5055"
+    assert model_version_url("http://h:1/", "ssl-encoder", 3) == "http://h:1/#/models/ssl-encoder/versions/3?workflowType=machine_learning"
