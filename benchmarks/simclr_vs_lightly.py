@@ -165,9 +165,9 @@ def lightly(args: argparse.Namespace) -> dict:
 
 def machine(device: str) -> dict:
     if device.startswith("cuda"):
-        return {"device": torch.cuda.get_device_name()}
+        return {"machine": torch.cuda.get_device_name()}
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
-    return {"device": f"cpu: {model}", "cores": os.cpu_count(), "load_average_at_end": os.getloadavg()}
+    return {"machine": f"cpu: {model}", "cores": os.cpu_count(), "load_average_at_end": os.getloadavg()}
 
 
 def main() -> None:
