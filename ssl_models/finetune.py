@@ -128,9 +128,9 @@ def train_classifier(
     """
     torch.manual_seed(settings.seed)
     device = torch.device(device)
-    # channels_last where it is safe: oneDNN's faster convolution layout on CPUs (as in pretraining).
+    # channels_last on CUDA only, as in pretraining (see ssl_models/memory_format.py).
     classifier = Classifier(encoder, num_classes)
-    memory_format = training_memory_format(classifier)
+    memory_format = training_memory_format(classifier, device)
     classifier = classifier.to(device, memory_format=memory_format)
     source, targets = as_source(images), labels.to(device)
     # BatchNorm needs at least two images per batch; tiny subsets repeat images within a batch.

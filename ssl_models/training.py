@@ -7,7 +7,7 @@ own views on the device. No DataLoader worker processes: on a small CPU they com
 with the model, and the views are batched tensor ops anyway.
 
 Fast paths (``TrainSettings``): bf16 autocast (``precision``; "auto" = bf16 on CUDA,
-fp32 on the CPU, where it was measured slower), TF32 matmuls on CUDA, channels_last,
+fp32 on the CPU, where it was measured slower), TF32 matmuls and channels_last on CUDA,
 non-blocking copies from pinned memory, and ``compile`` (``torch.compile`` of the
 method's modules, in place, so state_dict keys do not change).
 
@@ -62,7 +62,7 @@ class TrainSettings:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     optimizer: str = "sgd"  # sgd | adamw
-    channels_last: bool = True
+    channels_last: bool = True  # used on CUDA only (ssl_models/memory_format.py)
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto = bf16 on CUDA, fp32 on the CPU
     compile: bool = False  # torch.compile the method's modules (first steps slower: compilation)
@@ -267,7 +267,7 @@ def pretrain(
     device = torch.device(device)
     enable_fast_math(device)
     amp_dtype = autocast_dtype(settings.precision, device)
-    memory_format = training_memory_format(method, settings.channels_last)
+    memory_format = training_memory_format(method, device, settings.channels_last)
     method = method.to(device, memory_format=memory_format)  # type: ignore[assignment]
     source = as_source(images)
     batch_size = min(settings.batch_size, len(source)) // world_size  # this rank's share of the global batch
