@@ -125,10 +125,7 @@ def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, sour
     from tasks.text_validation import TextRules, validate_text_source
 
     v, d = cfg.validate, cfg.data
-    rules = TextRules(
-        min_documents=v.min_images, min_chars=v.min_chars, max_chars=v.max_chars, max_control_share=v.max_control_share,
-        allow_duplicates=v.allow_duplicates, length_drift_tolerance=None, vocab_drift_tolerance=None,
-    )  # fmt: skip
+    rules = TextRules.from_config(v, drift=False)
     try:
         report, _ = validate_text_source(source, "finetune", validation, labeled=True, rules=rules, on_fail=v.on_fail,
                                          max_bad_fraction=v.max_bad_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip

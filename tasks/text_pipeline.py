@@ -54,11 +54,7 @@ class MaskingPolicyError(ValueError):
 
 def text_rules(ctx: StageContext) -> TextRules:
     """``validate.*`` as text validation's rules."""
-    v = ctx.cfg.validate
-    return TextRules(
-        min_documents=v.min_images, min_chars=v.min_chars, max_chars=v.max_chars, max_control_share=v.max_control_share,
-        allow_duplicates=v.allow_duplicates, length_drift_tolerance=v.length_drift_tolerance, vocab_drift_tolerance=v.vocab_drift_tolerance,
-    )  # fmt: skip
+    return TextRules.from_config(ctx.cfg.validate)
 
 
 def validate(ctx: StageContext) -> Validated:

@@ -38,7 +38,7 @@ def validate_text(
     labeled: str | Path | None,
     out_dir: Path,
     reference: Path | None,
-    rules: TextRules = TextRules(),
+    rules: TextRules | None = None,
     on_fail: Literal["stop", "quarantine"] = "stop",
     max_bad_fraction: float = 0.05,
     text_columns: Sequence[str] | None = None,

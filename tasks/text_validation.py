@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from tasks.config import ValidateConfig
 from tasks.sources import SourceError
 from tasks.text_sources import Document, clean_text, read_documents
 from tasks.gx_checkpoint import failures
@@ -61,15 +62,25 @@ _WORD = re.compile(r"[a-z]+")
 
 @dataclass(frozen=True)
 class TextRules:
-    """What text validation accepts (the lead maps ``validate.*`` config keys onto these)."""
+    """What text validation accepts: the ``validate.*`` config (its defaults are the only ones)."""
 
-    min_documents: int = 16
-    min_chars: int = 8
-    max_chars: int = 100_000
-    max_control_share: float = 0.05
-    allow_duplicates: bool = False
-    length_drift_tolerance: float | None = 0.25  # relative change of the mean length in words; None: no drift check
-    vocab_drift_tolerance: float | None = 0.1  # rise of the out-of-vocabulary share; None: no vocabulary check
+    min_documents: int
+    min_chars: int
+    max_chars: int
+    max_control_share: float
+    allow_duplicates: bool
+    length_drift_tolerance: float | None  # relative change of the mean length in words; None: no drift check
+    vocab_drift_tolerance: float | None  # rise of the out-of-vocabulary share; None: no vocabulary check
+
+    @classmethod
+    def from_config(cls, v: ValidateConfig | None = None, drift: bool = True) -> TextRules:
+        """``validate.*`` as rules (default config: None); ``drift=False`` turns the drift checks off."""
+        v = v or ValidateConfig()
+        return cls(
+            min_documents=v.min_images, min_chars=v.min_chars, max_chars=v.max_chars, max_control_share=v.max_control_share,
+            allow_duplicates=v.allow_duplicates, length_drift_tolerance=v.length_drift_tolerance if drift else None,
+            vocab_drift_tolerance=v.vocab_drift_tolerance if drift else None,
+        )  # fmt: skip
 
     def suite(self, name: str, reference: dict | None, labeled: bool):
         """The GX expectation suite over :func:`document_table`'s columns."""
@@ -312,7 +323,7 @@ def validate_text_source(
     out_dir: Path,
     *,
     labeled: bool = False,
-    rules: TextRules = TextRules(),
+    rules: TextRules | None = None,
     on_fail: Literal["stop", "quarantine"] = "stop",
     max_bad_fraction: float = 0.05,
     reference: Path | None = None,
@@ -326,6 +337,7 @@ def validate_text_source(
     ``fault``, ``detail`` and ``accepted``. Bad data is never raised: the report says what is
     wrong. A source that cannot be read at all raises :class:`SourceError`.
     """
+    rules = rules or TextRules.from_config()
     documents = read_documents(source, labeled, text_columns, label_column)
     log.info("%s: describing %d documents from %s", name, len(documents), source)
     try:
@@ -338,7 +350,7 @@ def validate_text_source(
         name, str(source), len(table), False, [], policy=on_fail,
         faults={f: int(n) for f, n in bad["fault"].value_counts().reindex(TEXT_FAULTS).dropna().items()},
         bad_files=[f"{r.location}: {r.fault} ({r.detail})" for r in bad.head(MAX_EXAMPLES).itertuples()],
-        statistics=statistics(good), reference=ref and {k: v for k, v in ref.items() if k != "vocabulary"},
+        statistics=statistics(good), reference=ref and {k: v for k, v in ref.items() if k != "vocabulary"}, unit="documents",
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_tmp = Path(tempfile.mkdtemp(prefix=f".{name}-docs-", dir=out_dir))

@@ -151,13 +151,13 @@ def _composition(table) -> str:
 
 def render(report: dict, table=None, title: str | None = None, run_name: str | None = None, data_docs: str | None = None) -> str:
     """The whole page for one validation ``report`` (as saved in ``<name>.json``) and its
-    per-image ``table`` (a DataFrame of ``<name>_table.csv``, or None)."""
+    per-item ``table`` (a DataFrame of ``<name>_table.csv``, or None)."""
     ok = bool(report.get("success"))
     status = "pass" if ok else "fail"
     name = report.get("name", "data")
     faults = report.get("faults") or {}
     cards = [
-        ("images checked", report.get("images", 0)),
+        (f"{report.get('unit', 'images')} checked", report.get("images", 0)),
         ("accepted", report.get("accepted", 0)),
         ("bad", sum(faults.values())),
         ("skipped", sum((report.get("skipped") or {}).values())),

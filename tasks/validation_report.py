@@ -44,6 +44,7 @@ class ValidationReport:
     reference: dict | None = None  # the drift reference this run was checked against
     quarantine_failures: list[Failure] = field(default_factory=list)  # failed expectations over the good files only
     data_docs: str | None = None
+    unit: str = "images"  # what ``images`` counts: images, or documents for text
 
     @property
     def bad(self) -> int:

@@ -9,8 +9,10 @@ import json
 
 import pytest
 
+from tasks.config import ValidateConfig
 from tasks.text_sources import read_documents
 from tasks.text_validation import TEXT_FAULTS, TextRules, quarantine_rows, validate_text_source
+from tasks.validation_html import render
 from tasks.validation_report import DataValidationError, raise_for_failures
 from tests.conftest import SAMPLE
 
@@ -49,6 +51,7 @@ def test_clean_sample_passes_and_writes_the_report(tmp_path):
     assert set(table.columns) >= {"location", "bytes", "chars", "words", "sha256", "utf8_ok", "control_share", "fault", "accepted"}
     saved = json.loads((tmp_path / "unlabeled.json").read_text())
     assert saved["success"] and saved["statistics"]["mean_words"] > 10
+    assert "documents checked" in render(saved) and "images checked" not in render(saved)
     assert (tmp_path / "data_docs" / "unlabeled" / "index.html").exists()
     reference = json.loads((tmp_path / "ref.json").read_text())["unlabeled"][str(SAMPLE / "news.csv.gz")]
     assert reference["documents"] == 1500 and len(reference["vocabulary"]) == 2000
@@ -56,7 +59,7 @@ def test_clean_sample_passes_and_writes_the_report(tmp_path):
 
 def test_every_fault_stops_the_run_naming_the_document(tmp_path, dirty_txt):
     path, where = dirty_txt
-    rules = TextRules(min_chars=8, max_chars=500)
+    rules = TextRules.from_config(ValidateConfig(max_chars=500))
     report, table = validate_text_source(path, "unlabeled", tmp_path / "out", rules=rules)
     assert not report.success and report.accepted == 0
     faults = dict(zip(table["location"], table["fault"], strict=True))
@@ -77,7 +80,7 @@ def test_every_fault_stops_the_run_naming_the_document(tmp_path, dirty_txt):
 
 def test_quarantine_leaves_bad_documents_out(tmp_path, dirty_txt):
     path, where = dirty_txt
-    rules = TextRules(min_chars=8, max_chars=500)
+    rules = TextRules.from_config(ValidateConfig(max_chars=500))
     too_strict, _ = validate_text_source(path, "unlabeled", tmp_path / "a", rules=rules, on_fail="quarantine", max_bad_fraction=0.05)
     assert not too_strict.success and "max_bad_fraction" in too_strict.decision  # 6 of 46 bad is 13%
     report, table = validate_text_source(path, "unlabeled", tmp_path / "b", rules=rules, on_fail="quarantine", max_bad_fraction=0.2)
