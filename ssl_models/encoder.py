@@ -42,8 +42,11 @@ class Encoder(nn.Module):
         return self.backbone((images - self.mean) / self.std)
 
 
-def save_encoder(encoder: Encoder, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights.pt and config.json (plus ``extra`` metadata) into ``directory``."""
+def save_encoder(encoder: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights.pt and config.json (plus ``extra`` metadata) into ``directory``.
+
+    ``encoder``: an :class:`Encoder`, or any module with ``config`` and ``feature_dim`` (a TextEncoder).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}

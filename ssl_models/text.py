@@ -37,12 +37,11 @@ import torch
 from torch import nn
 
 from ssl_models.backbones import TransformerBlock
+from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, save_encoder
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 
-WEIGHTS_FILE = "weights.pt"
-CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCHITECTURE = "text_transformer"
 
@@ -185,12 +184,7 @@ def is_text_encoder_config(config: dict[str, Any]) -> bool:
 
 def save_text_encoder(encoder: TextEncoder, directory: str | Path, tokenizer: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write weights.pt, config.json (plus ``extra``) and a copy of ``tokenizer`` (tokenizer.json)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    torch.save(state, directory / WEIGHTS_FILE)
-    config = {**encoder.config, "feature_dim": encoder.feature_dim, **(extra or {})}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    directory = save_encoder(encoder, directory, extra)  # the same weights.pt + config.json as an image encoder
     if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
         shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
     return directory
