@@ -17,11 +17,12 @@ files it reads and writes, the params sections it depends on, and (found from th
 
 from __future__ import annotations
 
-import ast
+import dis
 import hashlib
 import importlib
 import json
 import os
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -178,20 +179,34 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
 def _imports(path: Path, module: str) -> set[str]:
-    """Project modules ``path`` imports (at any depth in the file, so lazy imports count)."""
+    """Project modules ``path`` imports (at any depth in the file, so lazy imports count).
+
+    Read from the compiled bytecode (each IMPORT_NAME with its level and from-list), not from
+    ``ast.parse``: CPython 3.11's ast objects are not thread-safe ("AST constructor recursion
+    depth mismatch" when a Prefect thread parses at the same time: seen in a pipeline run).
+    """
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+    for code in _code_objects(compile(path.read_text(), str(path), "exec", dont_inherit=True)):
+        instructions = list(dis.get_instructions(code))
+        for i, instruction in enumerate(instructions):
+            if instruction.opname != "IMPORT_NAME":
+                continue
+            level, names = instructions[i - 2].argval, instructions[i - 1].argval  # LOAD_CONST level, LOAD_CONST from-list
+            base = instruction.argval
+            if level:
+                anchor = package.split(".")[: len(package.split(".")) - level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+            found |= {f"{base}.{name}" for name in names or () if name != "*"}  # `from pkg import submodule`
     # importing a.b.c runs a/__init__.py and a/b/__init__.py too
     return {".".join(name.split(".")[:i]) for name in found for i in range(1, len(name.split(".")) + 1)}
 

@@ -85,11 +85,32 @@ def write_params(root: Path, unlabeled: Path | str, labeled: Path | str, **secti
     return path
 
 
+def use_mlflow_store(monkeypatch, uri: str) -> None:
+    """Select ``uri`` as tracking and registry store for one test, through the environment.
+
+    MLflow's ``set_tracking_uri``/``set_registry_uri``/``set_experiment`` keep module globals
+    and also write the environment, for good: cleared here and restored after the test, so
+    no test talks to the store (or the dead server) of an earlier one.
+    """
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.setenv(name, "")  # remembers the value before, so set_experiment's write is undone too
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite MLflow store in a temp dir, selected through MLFLOW_TRACKING_URI."""
+    """A fresh sqlite MLflow store in a temp dir (see :func:`use_mlflow_store`)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    use_mlflow_store(monkeypatch, uri)
     return uri
 
 

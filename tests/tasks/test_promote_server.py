@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from ssl_models.encoder import Encoder, save_encoder
 from tasks.mlflow_model import log_encoder_model
 from tasks.promote import LOCK_SUFFIX, champion_lock, gate, promote, rollback
+from tests.conftest import use_mlflow_store
 
 NAME = "ssl-encoder"
 SAME_DATA = {"eval_data_version": "labeled-v1", "eval_protocol": "probe-v1"}
@@ -67,9 +68,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture
 def server_store(mlflow_server, monkeypatch, request) -> str:
     """The server as the tracking and registry store, with an experiment of this test's own."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_registry_uri(mlflow_server)
+    use_mlflow_store(monkeypatch, mlflow_server)
     mlflow.set_experiment(request.node.name[:60])
     return mlflow_server
 
