@@ -12,7 +12,8 @@ lightly's run imports it from this repo (PYTHONPATH) and trains it without our i
 normalisation, since lightly's transform normalises.
 
 Ours: shards on disk (tasks.shards) -> PrefetchLoader (pinned, non_blocking) -> views on the
-device -> bf16 autocast on CUDA (fp32 on CPUs), TF32, channels_last, optionally --compile.
+device -> bf16 autocast on CUDA (fp32 on CPUs), TF32 and channels_last on CUDA, optionally --compile.
+lightly's model gets the same layout as ours (channels_last on CUDA only: ssl_models/memory_format.py).
 lightly: its SimCLRTransform in DataLoader workers, NTXentLoss(0.2), SimCLRProjectionHead,
 SGD lr 0.3 x batch/256 with cosine, wd 5e-4 (ours: the same with 1 warm-up epoch, no wd on
 norms and biases). GPU target (issue 10): ~17,000 img/s on an H100 (200 epochs < 10 min).
@@ -115,7 +116,8 @@ device, width, epochs, batch, out, *files = sys.argv[1:]
 width, epochs, batch, cuda = int(width), int(epochs), int(batch), device.startswith("cuda")
 net = build_backbone("resnet18_cifar", width=width, image_size=32)  # the same backbone as ours
 head = SimCLRProjectionHead(8 * width, 8 * width, 128)
-model = nn.Sequential(net, head).to(device).to(memory_format=torch.channels_last)
+layout = torch.channels_last if cuda else torch.contiguous_format  # as ours: ssl_models/memory_format.py
+model = nn.Sequential(net, head).to(device).to(memory_format=layout)
 transform = SimCLRTransform(input_size=32, gaussian_blur=0.0, cj_strength=0.5)
 data = [(f, 0) for f in files]
 load_image = torchvision.datasets.folder.default_loader
@@ -132,7 +134,7 @@ start = time.perf_counter(); rates = []
 for epoch in range(epochs):
     t = time.perf_counter()
     for (x0, x1), _ in loader:
-        x = torch.cat([x0, x1]).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = torch.cat([x0, x1]).to(device, non_blocking=True).contiguous(memory_format=layout)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             z = model(x)
         loss = loss_fn(*z.float().chunk(2))
