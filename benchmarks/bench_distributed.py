@@ -57,7 +57,8 @@ def train_steps(rank: int, world_size: int, cfg: dict) -> float:
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        method.after_step(i / cfg["steps"])
+        if hasattr(method, "after_step"):  # momentum encoders only
+            method.after_step(i / cfg["steps"])
 
     one_step(0)  # warm-up: allocations, DDP buckets, the queue
     if world()[1] > 1:

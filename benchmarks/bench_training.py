@@ -42,7 +42,8 @@ def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int,
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        method.after_step(i / steps)
+        if hasattr(method, "after_step"):  # momentum encoders only
+            method.after_step(i / steps)
 
     step(0)  # warm-up: allocations, queue fill
     if device.type == "cuda":
