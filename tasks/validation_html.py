@@ -57,6 +57,16 @@ FAULT_MEANINGS = {
     "blank": "a constant frame",
     "duplicate": "the same bytes as an earlier file",
 }
+TEXT_FAULT_MEANINGS = {
+    "unreadable": "a row that cannot be parsed (bad JSON, no text field, wrong CSV field count)",
+    "binary": "NUL bytes, or more than validate.max_control_share control characters",
+    "not_utf8": "bytes that are not UTF-8",
+    "no_label": "an empty label",
+    "empty": "nothing but whitespace",
+    "too_short": "fewer than validate.min_chars characters",
+    "too_long": "more than validate.max_chars characters",
+    "duplicate": "the same bytes as an earlier document",
+}
 
 
 def _rows(cells: Iterable[Iterable[str]]) -> str:
@@ -67,10 +77,10 @@ def _td(value, num: bool = False) -> str:
     return f'<td class="num">{escape(str(value))}</td>' if num else f"<td>{escape(str(value))}</td>"
 
 
-def _counts_table(title: str, counts: dict, what: str, meanings: dict | None = None) -> str:
+def _counts_table(title: str, counts: dict, what: str, meanings: dict | None = None, things: str = "files") -> str:
     if not counts:
         return ""
-    head = f'<tr><th>{escape(what)}</th><th class="num">files</th>' + ("<th>meaning</th>" if meanings else "") + "</tr>"
+    head = f'<tr><th>{escape(what)}</th><th class="num">{things}</th>' + ("<th>meaning</th>" if meanings else "") + "</tr>"
     body = _rows(
         [f"<td><code>{escape(str(k))}</code></td>", _td(v, num=True)] + ([_td(meanings.get(k, ""))] if meanings else [])
         for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
@@ -105,7 +115,12 @@ def _bad_files(report: dict, table) -> str:
         return ""
     more = f' <span class="muted">(first {len(rows)} of {total}; all in the table CSV)</span>' if total > len(rows) else ""
     body = _rows([f"<td><code>{escape(str(p))}</code></td>", f'<td class="bad">{escape(str(f))}</td>', _td("" if d != d else d)] for p, f, d in rows)
-    return f"<h2>Offending files{more}</h2><table><tr><th>file</th><th>fault</th><th>detail</th></tr>{body}</table>"
+    return f"<h2>Offending {_things(report)}{more}</h2><table><tr><th>{_things(report)[:-1]}</th><th>fault</th><th>detail</th></tr>{body}</table>"
+
+
+def _things(report: dict) -> str:
+    """What the report's rows are: documents (text) or files (images)."""
+    return "documents" if report.get("unit") == "documents" else "files"
 
 
 def _statistics(report: dict) -> str:
@@ -123,7 +138,7 @@ def _statistics(report: dict) -> str:
             cells += [_td(f"{ref:.4f}", num=True), _td(f"{value - ref:+.4f}", num=True)] if isinstance(ref, int | float) else [_td(""), _td("")]
         rows.append(cells)
     note = "" if has_ref else '<p class="muted">No drift reference yet: this data becomes the reference.</p>'
-    return f"<h2>Dataset statistics (good files)</h2>{note}<table>{head}{_rows(rows)}</table>"
+    return f"<h2>Dataset statistics (good {_things(report)})</h2>{note}<table>{head}{_rows(rows)}</table>"
 
 
 def _span(values) -> str:
@@ -156,6 +171,7 @@ def render(report: dict, table=None, title: str | None = None, run_name: str | N
     status = "pass" if ok else "fail"
     name = report.get("name", "data")
     faults = report.get("faults") or {}
+    meanings = TEXT_FAULT_MEANINGS if _things(report) == "documents" else FAULT_MEANINGS
     cards = [
         (f"{report.get('unit', 'images')} checked", report.get("images", 0)),
         ("accepted", report.get("accepted", 0)),
@@ -175,10 +191,10 @@ def render(report: dict, table=None, title: str | None = None, run_name: str | N
             f'<div class="meta">{" &middot; ".join(meta)}</div>',
             f'<div class="decision {status}">{escape(str(report.get("decision", "")))}</div>',
             '<div class="cards">' + "".join(f"<div class='card'><b>{v}</b><span>{escape(k)}</span></div>" for k, v in cards) + "</div>",
-            _counts_table("Faults", faults, "fault", FAULT_MEANINGS),
+            _counts_table("Faults", faults, "fault", meanings, _things(report)),
             _bad_files(report, table),
             _failures("Failed expectations", report.get("failures") or []),
-            _failures("Failed expectations on the good files only", report.get("quarantine_failures") or []),
+            _failures(f"Failed expectations on the good {_things(report)} only", report.get("quarantine_failures") or []),
             _counts_table("Converted (accepted)", report.get("converted") or {}, "conversion"),
             _counts_table("Skipped (not validated, only counted)", report.get("skipped") or {}, "what"),
             _statistics(report),

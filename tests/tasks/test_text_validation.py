@@ -70,6 +70,9 @@ def test_every_fault_stops_the_run_naming_the_document(tmp_path, dirty_txt):
     for location in where.values():
         assert location in message
     assert "same bytes as dump.txt:line 4" in message
+    html = render(json.loads((tmp_path / "out" / "unlabeled.json").read_text()), table.rename(columns={"location": "path"}))
+    assert "Offending documents" in html and where["binary"] in html and "good files" not in html
+    assert "fewer than validate.min_chars characters" in html  # each text fault explained
     with pytest.raises(DataValidationError, match="dump.txt:line 11: binary"):
         raise_for_failures([report])
     # GX itself found them: each failed expectation names its documents
