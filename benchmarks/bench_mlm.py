@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> dict:
     from ssl_models.methods.mlm import MLM
     from ssl_models.text import TextEncoder
     from ssl_models.training import TrainSettings, pretrain
-    from tasks.config import EvaluateConfig
-    from tasks.text_evaluate import evaluate_text_encoders, label_efficiency
-    from tasks.text_ingest import continuation_ids, ingest_text_labeled, ingest_text_unlabeled, load_labeled_tokens, load_token_shards, load_tokenizer
+    from tasks.core.config import EvaluateConfig
+    from tasks.text.features import evaluate_text_encoders, label_efficiency
+    from tasks.text.tokens import continuation_ids, ingest_text_labeled, ingest_text_unlabeled, load_labeled_tokens, load_token_shards, load_tokenizer
 
     torch.set_num_threads(args.threads)
     seconds: dict[str, float] = {}
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         reports = {}
         if not args.skip_validation:
-            from tasks.text_validation import validate_text_source
+            from tasks.text.checks import validate_text_source
 
             for name, source, labeled in (("unlabeled", args.unlabeled, False), ("labeled", args.labeled, True)):
                 report, _ = validate_text_source(source, name, root / "validation", labeled=labeled, reference=root / "reference.json")

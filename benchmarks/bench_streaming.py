@@ -4,7 +4,7 @@
 
 In separate processes (so each peak RSS is its own):
   write   decode N CIFAR-10 JPEGs (cifar10-train, extracted once to /tmp) into shards
-          with tasks.shards.ShardWriter: peak RSS at 1x and 4x the images
+          with tasks.image.shards.ShardWriter: peak RSS at 1x and 4x the images
   read    one full epoch of batches through ssl_models.data.PrefetchLoader: peak RSS at 1x, 4x
   train   in one process, alternating: SimCLR steps (ResNet-18 width 16, batch 256, 32 px)
           through the real loader from shards on disk, against the model-only limit (the same
@@ -50,7 +50,7 @@ def cifar_files(count: int) -> list[Path]:
 def run_write(count: int, out: Path) -> dict:
     from PIL import Image
 
-    from tasks.shards import write_shards
+    from tasks.image.shards import write_shards
 
     files = cifar_files(count)
     base = peak_rss_mb()
@@ -62,7 +62,7 @@ def run_write(count: int, out: Path) -> dict:
 
 def run_read(shards: Path, batch: int) -> dict:
     from ssl_models.data import EpochSampler, PrefetchLoader
-    from tasks.shards import ShardReader
+    from tasks.image.shards import ShardReader
 
     reader = ShardReader(shards)
     sampler = EpochSampler(len(reader), batch, seed=0)
@@ -79,7 +79,7 @@ def run_train(shards: Path, width: int, batch: int, steps: int, compile_: bool, 
     from ssl_models.encoder import Encoder
     from ssl_models.methods import build_method
     from ssl_models.training import TrainSettings, _make_optimizer, autocast_dtype, compile_method
-    from tasks.shards import ShardReader
+    from tasks.image.shards import ShardReader
 
     torch.manual_seed(0)
     method = build_method("simclr", Encoder("resnet18_cifar", {"width": width}), ViewPolicy()).to(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ Backbone: ours (ResNet-18, CIFAR stem, ``--width``; 64 is torchvision's resnet18
 lightly's run imports it from this repo (PYTHONPATH) and trains it without our input
 normalisation, since lightly's transform normalises.
 
-Ours: shards on disk (tasks.shards) -> PrefetchLoader (pinned, non_blocking) -> views on the
+Ours: shards on disk (tasks.image.shards) -> PrefetchLoader (pinned, non_blocking) -> views on the
 device -> bf16 autocast on CUDA (fp32 on CPUs), TF32 and channels_last on CUDA, optionally --compile.
 lightly's model gets the same layout as ours (channels_last on CUDA only: ssl_models/memory_format.py).
 lightly: its SimCLRTransform in DataLoader workers, NTXentLoss(0.2), SimCLRProjectionHead,
@@ -82,7 +82,7 @@ def ours(args: argparse.Namespace) -> dict:
     from ssl_models.encoder import Encoder
     from ssl_models.methods import build_method
     from ssl_models.training import TrainSettings, pretrain
-    from tasks.shards import ShardReader, write_shards
+    from tasks.image.shards import ShardReader, write_shards
 
     device = torch.device(args.device)
     files = training_files(args.images)

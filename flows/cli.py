@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="write dvc.yaml from the declared stages (tasks/stages.py)",
-        description="Write dvc.yaml from the stage list in tasks/stages.py; with --params also params.yaml from the defaults in tasks/config.py.",
+        description="Write dvc.yaml from the stage list in tasks/stages.py; with --params also params.yaml from the defaults in tasks/core/config.py.",
     )
     generate.add_argument("--root", default=".", help="where to write (default: .)")
     generate.add_argument("--params", action="store_true", help="also overwrite params.yaml with the defaults")
@@ -113,7 +113,7 @@ def _config(args: argparse.Namespace):
     """The checked config; loaded once, before the root is locked or anything is written."""
     if getattr(args, "config", None) is not None:
         return args.config
-    from tasks.config import ConfigError, load_config
+    from tasks.core.config import ConfigError, load_config
 
     overrides = list(args.overrides)
     # Each command has its own data options; the ones it lacks are simply absent.
@@ -135,8 +135,8 @@ def _config(args: argparse.Namespace):
 
 
 def _check_sources(cfg, root: str, keys=("data.unlabeled", "data.labeled")) -> None:
-    from tasks.layout import Layout
-    from tasks.sources import TORCHVISION_PREFIX
+    from tasks.core.layout import Layout
+    from tasks.image.sources import TORCHVISION_PREFIX
 
     layout = Layout.at(root)
     for key in keys:
@@ -158,7 +158,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _check_sources(cfg, args.root)
     from flows.pipeline import ssl_pipeline
-    from tasks.scoring import summary_table
+    from tasks.evaluation.scoring import summary_table
 
     state = ssl_pipeline(config=cfg, root=str(Path(args.root).resolve()), force=args.force, progress=not args.quiet, return_state=True)
     result = _result_of(state, "the pipeline")
@@ -180,7 +180,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 def run_stage(args: argparse.Namespace) -> int:
     from flows.stage_runner import run_alone
-    from tasks.layout import Layout
+    from tasks.core.layout import Layout
 
     cfg = _config(args)
     if args.command == "validate":
@@ -190,7 +190,7 @@ def run_stage(args: argparse.Namespace) -> int:
         print("\n".join(result.summaries))
         return 0 if result.success else 2
     if args.command == "evaluate":
-        from tasks.scoring import summary_table
+        from tasks.evaluation.scoring import summary_table
 
         print(summary_table(result.metrics))
     elif args.command == "register":
@@ -199,8 +199,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
-    from tasks.atomic import write_text
-    from tasks.config import params_yaml
+    from tasks.core.atomic import write_text
+    from tasks.core.config import params_yaml
     from tasks.stages import dvc_yaml
 
     root = Path(args.root)
@@ -256,8 +256,8 @@ def run_registry_command(args: argparse.Namespace) -> int:
     """``promote VERSION`` / ``rollback``: move @champion by hand, under the registry lock."""
     from mlflow import MlflowClient
 
-    from tasks import promote
-    from tasks.tracking import tracking_uri
+    from tasks.registry.registration import promotion as promote
+    from tasks.registry.tracking import tracking_uri
 
     cfg = _config(args)
     root = Path(args.root).resolve()
@@ -280,13 +280,13 @@ def run_registry_command(args: argparse.Namespace) -> int:
 COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command, "generate": generate}
 # Faults of the input, the config or the order of stages: a message, exit 2, no traceback.
 EXPECTED = (
-    "tasks.sources:SourceError",
-    "tasks.results:MissingInput",
-    "tasks.registry:MismatchedScores",
+    "tasks.image.sources:SourceError",
+    "tasks.core.results:MissingInput",
+    "tasks.registry.registration:MismatchedScores",
     "tasks.augment:AugmentPolicyError",
-    "tasks.text_pipeline:MaskingPolicyError",
-    "tasks.validation_report:DataValidationError",
-    "tasks.promote:PromotionError",
+    "tasks.text.pipeline:MaskingPolicyError",
+    "tasks.validation.report:DataValidationError",
+    "tasks.registry.promotion:PromotionError",
     "ssl_models.training:TrainingDiverged",
 )
 
@@ -301,7 +301,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-# Commands that work in the project root: one at a time per root (tasks/root_lock.py).
+# Commands that work in the project root: one at a time per root (tasks/core/root_lock.py).
 LOCKED = {"run", "finetune", *(stage.name for stage in PIPELINE)}
 # Commands that run a Prefect flow: they need a Prefect API (a temporary server if none is set).
 FLOWS = {"run", "finetune"}
@@ -324,9 +324,9 @@ def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) 
     flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
     from flows import preflight
     from flows.prefect_server import temporary_server
-    from tasks.atomic import clean_staging
-    from tasks.root_lock import hold_root
-    from tasks.tracking import end_dead_runs, tag_new_runs, tracking_uri
+    from tasks.core.atomic import clean_staging
+    from tasks.core.root_lock import hold_root
+    from tasks.registry.tracking import end_dead_runs, tag_new_runs, tracking_uri
 
     root = Path(args.root).resolve()
     if not root.is_dir():
@@ -386,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, guard) -> int:
     from flows import preflight
     from flows.prefect_server import ServerStartError
-    from tasks.root_lock import RootBusy
-    from tasks.sources import SourceError
+    from tasks.core.root_lock import RootBusy
+    from tasks.image.sources import SourceError
 
     try:
         with contextlib.ExitStack() as stack:
@@ -425,7 +425,7 @@ def _main(args: argparse.Namespace, guard) -> int:
 def _end_interrupted_runs() -> list[str]:
     if "mlflow" not in sys.modules:
         return []
-    from tasks.tracking import end_interrupted_runs
+    from tasks.registry.tracking import end_interrupted_runs
 
     try:
         return end_interrupted_runs("KILLED")

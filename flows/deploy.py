@@ -31,7 +31,7 @@ DATA_KEYS = (("data", "unlabeled"), ("data", "labeled"), ("finetune", "data"))
 
 def anchored(cfg, root: Path):
     """``cfg`` with relative local data paths made absolute against ``root``."""
-    from tasks.sources import TORCHVISION_PREFIX
+    from tasks.image.sources import TORCHVISION_PREFIX
 
     sections = {}
     for section, key in DATA_KEYS:
@@ -45,7 +45,7 @@ def anchored(cfg, root: Path):
 def load_scheduled_config(root: str | Path, params: str = "params.yaml", overrides: list[str] | None = None):
     root = Path(root)
     path = Path(params) if Path(params).is_absolute() else root / params
-    from tasks.config import load_config
+    from tasks.core.config import load_config
 
     return anchored(load_config(path, list(overrides or [])), root)
 
@@ -54,7 +54,7 @@ def load_scheduled_config(root: str | Path, params: str = "params.yaml", overrid
 def scheduled_pipeline(root: str, params: str = "params.yaml", overrides: list[str] | None = None):
     """One scheduled run: read the project's parameters now, run the pipeline, retry it on a transient fault."""
     from flows.pipeline import ssl_pipeline
-    from tasks.retries import transient_fault
+    from tasks.core.retries import transient_fault
 
     logger = get_run_logger()
     cfg = load_scheduled_config(root, params, overrides)

@@ -14,10 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from tasks.config import PipelineConfig, load_config
+from tasks.core.config import PipelineConfig, load_config
 from tasks.finetune import finetune_modality, finetune_prepare_stage, finetune_stage, no_encoder_message, register_classifier_stage, resolve_encoder_stage
-from tasks.layout import Layout
-from tasks.tracking import Tracker, run_name
+from tasks.core.layout import Layout
+from tasks.registry.tracking import Tracker, run_name
 
 # The Prefect tasks are the stage functions as-is (no caching: a fine-tuning is asked for on purpose).
 resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)

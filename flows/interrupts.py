@@ -127,7 +127,7 @@ class InterruptGuard:
     def _end_mlflow_runs(self) -> list[str]:
         if self.root is None or "mlflow" not in sys.modules:
             return []
-        from tasks.tracking import end_runs_of_this_process
+        from tasks.registry.tracking import end_runs_of_this_process
 
         return end_runs_of_this_process(self.root)
 

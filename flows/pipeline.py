@@ -24,14 +24,14 @@ from prefect.states import Failed
 
 from flows.run_logs import run_logs_to_prefect
 from flows.stage_runner import pipeline_tracker, tracker_for
-from tasks.config import PipelineConfig, load_config
-from tasks.context import StageContext
-from tasks.layout import Layout
-from tasks.results import MissingInput
-from tasks.root_lock import hold_root
-from tasks.scoring import ENCODERS, summary_table
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.context import StageContext
+from tasks.core.layout import Layout
+from tasks.core.results import MissingInput
+from tasks.core.root_lock import hold_root
+from tasks.evaluation.scoring import ENCODERS, summary_table
 from tasks.stages import PIPELINE, Stage, input_key, mark_done, stale_reason
-from tasks.tracking import model_version_url, tracking_uri, ui_base, ui_url
+from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
 
 log = logging.getLogger("sslpipe")
 

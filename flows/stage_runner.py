@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 
 from ssl_models.distributed import is_main
-from tasks.config import PipelineConfig
-from tasks.context import StageContext
-from tasks.layout import Layout
+from tasks.core.config import PipelineConfig
+from tasks.core.context import StageContext
+from tasks.core.layout import Layout
 from tasks.stages import STAGES, Stage, input_key, mark_done
-from tasks.tracking import Tracker, run_name
+from tasks.registry.tracking import Tracker, run_name
 
 log = logging.getLogger("sslpipe")
 

@@ -5,7 +5,7 @@ in an order fixed by (seed, epoch), while the previous batch trains.
 
     source   anything with ``len(source)`` and ``source.read(indices, pin=False)`` ->
              (B, 3, H, W) uint8 tensor: :class:`TensorImages` (in memory, for tests and
-             small sets) or ``tasks.shards.ShardReader`` (decoded pixels on disk)
+             small sets) or ``tasks.image.shards.ShardReader`` (decoded pixels on disk)
     sampler  :class:`EpochSampler`: the batches of one epoch, shardable across ranks and
              resumable mid-epoch (``state_dict`` = epoch + position)
     loader   :class:`PrefetchLoader`: a background thread reads the next batches (into

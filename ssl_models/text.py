@@ -8,7 +8,7 @@
 
 It is BERT's encoder (Devlin et al., 2019) with the ViT's pre-norm blocks, at a size that
 trains on a CPU (defaults: dim 128, depth 2, 4 heads). The ids follow the tokenizer that
-tasks/text_ingest.py trains; its special tokens come first in the vocabulary:
+tasks/text/tokens.py trains; its special tokens come first in the vocabulary:
 
     [PAD] 0   [UNK] 1   [CLS] 2   [SEP] 3   [MASK] 4        (``SPECIAL_TOKENS``)
 
@@ -50,7 +50,7 @@ ARCHITECTURE = "text_transformer"
 class TextModelSettings:
     """The text encoder, its tokenizer and its MLM pretraining: the defaults measured in
     benchmarks/results/mlm.json (AG News, 2 CPU cores). The pipeline's ``text:`` params section
-    (tasks/config.py) reads its defaults from here."""
+    (tasks/core/config.py) reads its defaults from here."""
 
     vocab_size: int = 4000
     max_len: int = 64

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from ssl_models.augment import ViewPolicy
-from tasks.context import StageContext
-from tasks.plots import augment_preview
-from tasks.prepared import preview_images
-from tasks.results import Prepared, Preview
+from tasks.core.context import StageContext
+from tasks.core.plots import augment_preview
+from tasks.image.prepared import preview_images
+from tasks.core.results import Prepared, Preview
 
 
 class AugmentPolicyError(ValueError):

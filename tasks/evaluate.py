@@ -1,6 +1,6 @@
 """Evaluate stage: frozen-feature linear probe and kNN, with baselines in the same run.
 
-Three encoders go through the same protocol (tasks/scoring.py) on the labeled evaluation
+Three encoders go through the same protocol (tasks/evaluation/scoring.py) on the labeled evaluation
 set: the SSL encoder, the same architecture at random initialisation, and raw pixels. A
 gain of SSL is only a gain against these. Then label efficiency: the SSL encoder
 fine-tuned, and the same architecture trained from scratch, on 1%, 10% and 100% of the
@@ -22,13 +22,13 @@ import torch
 
 from ssl_models.encoder import Encoder, load_encoder
 from ssl_models.evaluation import extract_features, project_2d
-from tasks.atomic import write_json, write_rows
-from tasks.config import EvaluateConfig
-from tasks.context import StageContext
-from tasks.plots import accuracy_bars, embedding_plot, label_efficiency_plot
-from tasks.prepared import load_classes, load_labeled
-from tasks.results import Evaluation, Prepared, Pretrained
-from tasks.scoring import ENCODERS, evaluate_encoders, label_efficiency, log_evaluation, percent
+from tasks.core.atomic import write_json, write_rows
+from tasks.core.config import EvaluateConfig
+from tasks.core.context import StageContext
+from tasks.core.plots import accuracy_bars, embedding_plot, label_efficiency_plot
+from tasks.image.prepared import load_classes, load_labeled
+from tasks.core.results import Evaluation, Prepared, Pretrained
+from tasks.evaluation.scoring import ENCODERS, evaluate_encoders, label_efficiency, log_evaluation, percent
 
 log = logging.getLogger(__name__)
 

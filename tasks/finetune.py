@@ -17,7 +17,7 @@ the classifier is written the same way. No pickle.
 ``data.label_column``, a .jsonl with ``label``, or ``<class>/*.txt`` folders) fine-tunes
 ``models:/<register.text_model_name>@<finetune.encoder_alias>``: the documents are validated
 by text validation, encoded with the encoder's own tokenizer, and the classifier (the encoder
-+ a linear head, AdamW: tasks/text_evaluate.py) registers as ``finetune.text_model_name``
++ a linear head, AdamW: tasks/text/features.py) registers as ``finetune.text_model_name``
 with the tokenizer beside it, a pyfunc taking strings.
 """
 
@@ -32,16 +32,16 @@ import torch
 
 from ssl_models.encoder import CONFIG_FILE, load_encoder
 from ssl_models.finetune import Classifier, finetune_accuracy, load_classifier, save_classifier, stratified_subset
-from tasks.atomic import staged_dir, write_json
-from tasks.config import PipelineConfig
-from tasks.layout import Layout
-from tasks.lineage import dvc_hash, git_commit
-from tasks.mlflow_model import log_classifier_model, weights_dir
-from tasks.prepared import load_classes, load_labeled, write_labeled
-from tasks.promote import current_champion, registry_lock
-from tasks.source_check import validate_source
-from tasks.sources import SourceError
-from tasks.tracking import Tracker, use_store
+from tasks.core.atomic import staged_dir, write_json
+from tasks.core.config import PipelineConfig
+from tasks.core.layout import Layout
+from tasks.core.lineage import dvc_hash, git_commit
+from tasks.registry.models import log_classifier_model, weights_dir
+from tasks.image.prepared import load_classes, load_labeled, write_labeled
+from tasks.registry.promotion import current_champion, registry_lock
+from tasks.validation.source_check import validate_source
+from tasks.image.sources import SourceError
+from tasks.registry.tracking import Tracker, use_store
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, encoder: Encoder
 
 def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, source: str, validation: Path) -> Prepared:
     from ssl_models.text import TOKENIZER_FILE
-    from tasks.text_ingest import ingest_text_labeled
-    from tasks.text_validation import TextRules, validate_text_source
+    from tasks.text.tokens import ingest_text_labeled
+    from tasks.text.checks import TextRules, validate_text_source
 
     v, d = cfg.validate, cfg.data
     rules = TextRules.from_config(v, drift=False)
@@ -141,8 +141,8 @@ def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, sour
 def _finetune_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef) -> tuple[dict, list[str]]:
     """The text classifier: fine-tune at ``label_fraction`` (+ the comparison), save it with its tokenizer."""
     from ssl_models.text import TOKENIZER_FILE, load_text_encoder
-    from tasks.text_evaluate import finetune_text
-    from tasks.text_ingest import load_labeled_tokens
+    from tasks.text.features import finetune_text
+    from tasks.text.tokens import load_labeled_tokens
 
     f = cfg.finetune
     labeled = load_labeled_tokens(layout.finetune_data)
@@ -242,8 +242,8 @@ def register_classifier_stage(layout: Layout, cfg: PipelineConfig, finetuned: di
     tags = finetuned["tags"] | {"test_acc": f"{finetuned['test_acc']:.4f}", "label_fraction": str(finetuned["label_fraction"])}
     use_store(layout.root, f.experiment)
     if tags["modality"] == "text":
-        from tasks.mlflow_model import log_text_classifier_model
-        from tasks.text_ingest import load_labeled_texts
+        from tasks.registry.models import log_text_classifier_model
+        from tasks.text.tokens import load_labeled_texts
 
         name = f.text_model_name
         example = load_labeled_texts(layout.finetune_data)["test_texts"][:2]

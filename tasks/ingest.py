@@ -2,7 +2,7 @@
 
 Training then reads one array instead of thousands of image files. Fails closed: it needs
 a passing validation and its tables. ``data/prepared`` is staged whole and swapped in
-(tasks/atomic.py), so a failure or a kill leaves the previous version intact, never a mix
+(tasks/core/atomic.py), so a failure or a kill leaves the previous version intact, never a mix
 of an old unlabeled set with a new labeled one.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from tasks.atomic import staged_dir
-from tasks.context import StageContext
-from tasks.lineage import dvc_hash
-from tasks.prepared import write_labeled, write_unlabeled
-from tasks.results import Prepared, Validated
-from tasks.sources import SourceError
+from tasks.core.atomic import staged_dir
+from tasks.core.context import StageContext
+from tasks.core.lineage import dvc_hash
+from tasks.image.prepared import write_labeled, write_unlabeled
+from tasks.core.results import Prepared, Validated
+from tasks.image.sources import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from ssl_models.distributed import is_main, launch
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import EpochStats, TrainingDiverged, checkpoint_extra, pretrain as train
-from tasks.atomic import staged_dir, write_rows
-from tasks.config import PretrainConfig
-from tasks.context import StageContext
-from tasks.lineage import git_commit
-from tasks.mlflow_model import log_training_dataset
-from tasks.plots import training_curves
-from tasks.prepared import open_unlabeled
-from tasks.results import Prepared, Pretrained, Preview, file_sha256
-from tasks.tracking import Tracker
+from tasks.core.atomic import staged_dir, write_rows
+from tasks.core.config import PretrainConfig
+from tasks.core.context import StageContext
+from tasks.core.lineage import git_commit
+from tasks.registry.models import log_training_dataset
+from tasks.core.plots import training_curves
+from tasks.image.prepared import open_unlabeled
+from tasks.core.results import Prepared, Pretrained, Preview, file_sha256
+from tasks.registry.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

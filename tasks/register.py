@@ -1,6 +1,6 @@
 """Register stage: the encoder becomes a new version of ``ssl-encoder`` in MLflow.
 
-The model is an MLflow model (tasks/mlflow_model.py: a models-from-code pyfunc over
+The model is an MLflow model (tasks/registry/models.py: a models-from-code pyfunc over
 ``weights.pt`` + ``config.json``, linked to the encoder's run, with a signature and an input
 example) that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load without pickle;
 :func:`load_registered_encoder` gives back the torch module. The version's description holds
@@ -9,7 +9,7 @@ the evaluation table and the gate's decision.
 What is registered is checked first: the scores must be those of this encoder (its
 weights' sha256 and run id, recorded by evaluate). Every new version gets
 ``register.alias`` (``@challenger``) and then goes through the promotion gate
-(tasks/promote.py), which may make it ``@champion``. The decision and both numbers are
+(tasks/registry/promotion.py), which may make it ``@champion``. The decision and both numbers are
 tags of the version and of the run, and are in ``reports/registered.json``.
 """
 
@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from ssl_models.encoder import Encoder, load_encoder
-from tasks.config import PipelineConfig
-from tasks.context import StageContext
-from tasks.mlflow_model import log_encoder_model, weights_dir
-from tasks.prepared import load_labeled
-from tasks.registry import MismatchedScores, check_scores_belong, gate_tags, lineage_tags, record_registration, register_version_and_gate
-from tasks.results import Evaluation, Prepared, Pretrained, Registered
-from tasks.scoring import probe_accuracy
-from tasks.tracking import use_store
+from tasks.core.config import PipelineConfig
+from tasks.core.context import StageContext
+from tasks.registry.models import log_encoder_model, weights_dir
+from tasks.image.prepared import load_labeled
+from tasks.registry.registration import MismatchedScores, check_scores_belong, gate_tags, lineage_tags, record_registration, register_version_and_gate
+from tasks.core.results import Evaluation, Prepared, Pretrained, Registered
+from tasks.evaluation.scoring import probe_accuracy
+from tasks.registry.tracking import use_store
 
 __all__ = ["MismatchedScores", "check_scores_belong", "gate_tags", "load_registered_encoder", "register", "register_and_gate"]
 

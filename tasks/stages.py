@@ -1,7 +1,7 @@
 """The pipeline, declared once.
 
 Each :class:`Stage` names its function (one per modality: images, and text, which the
-data source decides: tasks/config.py ``PipelineConfig.modality``), the earlier stages whose results it takes, the
+data source decides: tasks/core/config.py ``PipelineConfig.modality``), the earlier stages whose results it takes, the
 files it reads and writes, the params sections it depends on, and (found from the code,
 :func:`code_deps`) every project module it runs. From this one list come:
 
@@ -34,7 +34,7 @@ PACKAGES = ("tasks", "ssl_models", "flows")
 # Interface modules every stage imports: the config (its values reach a stage as params, which
 # are deps of their own), the context and the result types. Only their imports within tasks/
 # are followed, or every stage would rerun when any SSL method changes.
-LEAVES = ("tasks.config", "tasks.context", "tasks.results")
+LEAVES = ("tasks.core.config", "tasks.core.context", "tasks.core.results")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Stage:
     deps: tuple[str, ...] = ()  # files it reads; ${section.key} takes the path from the params
     params: tuple[str, ...] = ()  # params sections or keys it depends on
     outs: tuple[Out, ...] = ()
-    result: str = ""  # tasks.results class its function returns
+    result: str = ""  # tasks.core.results class its function returns
     model_run: bool = False  # logs into the run of the model it is given, not a run of its own
     plots: tuple[dict, ...] = field(default_factory=tuple)
 
@@ -79,9 +79,9 @@ class Stage:
         return getattr(importlib.import_module(module), name)
 
     def result_type(self) -> type:
-        import tasks.results
+        import tasks.core.results
 
-        return getattr(tasks.results, self.result)
+        return getattr(tasks.core.results, self.result)
 
 
 FINETUNE_RECIPE = ("finetune.steps", "finetune.batch_size", "finetune.lr", "finetune.weight_decay", "finetune.warmup_steps", "finetune.crop_scale_min", "finetune.flip_p", "finetune.seed")
@@ -90,7 +90,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "validate", "tasks.validate:validate",
         "check the images or documents with a Great Expectations checkpoint (reports/validation/)",
-        text="tasks.text_pipeline:validate",
+        text="tasks.text.pipeline:validate",
         deps=("${data.unlabeled}", "${data.labeled}"),
         params=("data.unlabeled", "data.labeled", "data.image_size", "data.text_columns", "data.label_column", "validate"),
         outs=(
@@ -104,7 +104,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "ingest", "tasks.ingest:ingest",
         "decode validated images (or tokenize documents) into data/prepared/ (the DVC-tracked training data)",
-        text="tasks.text_pipeline:ingest",
+        text="tasks.text.pipeline:ingest",
         inputs=("validate",),
         deps=("${data.unlabeled}", "${data.labeled}", "reports/validation"),
         params=("data", "text.vocab_size", "text.max_len"),
@@ -114,7 +114,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "augment", "tasks.augment:augment",
         "check the view policy (text: the masking) and draw reports/augment_preview.png",
-        text="tasks.text_pipeline:augment",
+        text="tasks.text.pipeline:augment",
         inputs=("ingest",),
         deps=("data/prepared/unlabeled",),
         params=("augment", "data.image_size", "pretrain.seed", "pretrain.method_params", "text"),
@@ -124,7 +124,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "pretrain", "tasks.pretrain:pretrain",
         "train the SSL method; writes models/encoder/ (its MLflow run id inside)",
-        text="tasks.text_pipeline:pretrain",
+        text="tasks.text.pipeline:pretrain",
         inputs=("ingest", "augment"),
         deps=("data/prepared/unlabeled", "reports/augment_preview.png"),
         params=("pretrain", "augment", "data.image_size", "text"),
@@ -135,7 +135,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "evaluate", "tasks.evaluate:evaluate",
         "linear probe and kNN for SSL, random-init and raw pixels (text: TF-IDF) (reports/metrics.json)",
-        text="tasks.text_pipeline:evaluate",
+        text="tasks.text.pipeline:evaluate",
         inputs=("ingest", "pretrain"),
         deps=("models/encoder", "data/prepared/labeled"),
         params=("evaluate", "pretrain.device", "pretrain.seed", *FINETUNE_RECIPE),
@@ -152,7 +152,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "register", "tasks.register:register",
         "log the encoder to MLflow, register a new version (text: ssl-text-encoder), run the promotion gate",
-        text="tasks.text_pipeline:register",
+        text="tasks.text.pipeline:register",
         inputs=("ingest", "pretrain", "evaluate"),
         deps=("models/encoder", "reports/metrics.json", "data/prepared/labeled"),
         params=("register", "evaluate", "pretrain.device"),
@@ -334,7 +334,7 @@ def stale_reason(stage: Stage, root: Path, cfg) -> str | None:
 
 
 def mark_done(stage: Stage, root: Path, cfg) -> None:
-    from tasks.atomic import write_json
+    from tasks.core.atomic import write_json
 
     write_json(_record(root, stage), fingerprint(stage, root, cfg))
 

@@ -1,4 +1,4 @@
-"""Validate stage: both sources through the GX checkpoint (tasks/source_check.py).
+"""Validate stage: both sources through the GX checkpoint (tasks/validation/source_check.py).
 
 Nothing is trained on data that did not pass. Writes, per source, the report (JSON, and a
 self-contained HTML page), the table with its ``accepted`` column and GX Data Docs under
@@ -16,12 +16,12 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from tasks.atomic import write_text
-from tasks.context import StageContext
-from tasks.results import Validated
-from tasks.source_check import check_source, write_csv
-from tasks.validation_html import render
-from tasks.validation_report import report_metrics
+from tasks.core.atomic import write_text
+from tasks.core.context import StageContext
+from tasks.core.results import Validated
+from tasks.validation.source_check import check_source, write_csv
+from tasks.validation.html import render
+from tasks.validation.report import report_metrics
 
 log = logging.getLogger(__name__)
 

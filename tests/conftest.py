@@ -145,8 +145,8 @@ def make_registrable_project(root: Path, probe_acc: float, data_seed: int = 0, e
     import torch
 
     from ssl_models.encoder import Encoder, save_encoder
-    from tasks.layout import Layout
-    from tasks.tracking import use_store
+    from tasks.core.layout import Layout
+    from tasks.registry.tracking import use_store
 
     layout = Layout.at(root)
     use_store(layout.root, "ssl-pipeline")
@@ -171,7 +171,7 @@ def write_probe_metrics(layout, probe_acc: float) -> None:
     """reports/metrics.json scoring the layout's encoder with ``probe_acc``."""
     import json
 
-    from tasks.results import Pretrained
+    from tasks.core.results import Pretrained
 
     pretrained = Pretrained.load(layout)
     layout.reports.mkdir(parents=True, exist_ok=True)

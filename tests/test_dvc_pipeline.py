@@ -100,7 +100,7 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     status = _run("dvc", "status", cwd=root)
     stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
     assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
-    assert "modified:           tasks/prepared.py" in status or "tasks/prepared.py" in status
+    assert "modified:           tasks/image/prepared.py" in status or "tasks/image/prepared.py" in status
 
 
 @pytest.mark.slow

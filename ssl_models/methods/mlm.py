@@ -15,7 +15,7 @@ learn from a small corpus, and the embedding gets a gradient from every predicti
 
 ``whole_word=True`` masks all the pieces of a word together (BERT's later whole-word
 masking): predicting "ing" from "runn" is too easy. It needs ``continuation_ids``, the ids
-of the pieces that continue a word (tasks/text_ingest.py: ``continuation_ids``).
+of the pieces that continue a word (tasks/text/tokens.py: ``continuation_ids``).
 
 Backbones: ``text_transformer`` (ssl_models/text.py) only.
 Kept after training: ``encoder`` (the head is dropped); features = mean of the non-padding tokens.

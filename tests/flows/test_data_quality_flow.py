@@ -7,8 +7,8 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from flows.pipeline import ssl_pipeline
-from tasks.shards import ShardReader
-from tasks.config import load_config
+from tasks.image.shards import ShardReader
+from tasks.core.config import load_config
 from tests import dirty_dump
 from tests.dirty_dump import EXPECTED
 from tests.flows.test_cli import sslpipe

@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from flows.cli import main
 from flows.deploy import anchored, deploy_to_pool, pipeline_deployment
-from tasks.config import load_config
+from tasks.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from flows.finetune import finetune_flow
 from ssl_models.encoder import load_encoder
 from ssl_models.finetune import load_classifier
-from tasks.config import load_config
+from tasks.core.config import load_config
 from tasks.finetune import load_registered_classifier
 from tests.conftest import make_registrable_project, register_stage
 

@@ -16,7 +16,7 @@ import hashlib, sys
 from pathlib import Path
 import mlflow
 from flows.interrupts import run_guarded
-from tasks.tracking import tag_new_runs, use_store
+from tasks.registry.tracking import tag_new_runs, use_store
 
 def body(guard):
     root = Path(sys.argv[1])

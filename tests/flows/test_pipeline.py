@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from flows.pipeline import ssl_pipeline
 from ssl_models.encoder import load_encoder
 from ssl_models.evaluation import extract_features
-from tasks.config import load_config
-from tasks.lineage import dvc_hash
+from tasks.core.config import load_config
+from tasks.core.lineage import dvc_hash
 from tasks.register import load_registered_encoder
 
 STAGES = {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}

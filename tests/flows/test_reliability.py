@@ -16,7 +16,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tasks.root_lock import hold_root
+from tasks.core.root_lock import hold_root
 
 REPO = Path(__file__).resolve().parents[2]
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there

@@ -101,7 +101,7 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 def test_a_run_resumed_after_a_crash_gives_the_same_encoder(tmp_path):
-    from tasks.shards import ShardReader, write_shards
+    from tasks.image.shards import ShardReader, write_shards
 
     pixels = torch.randint(0, 256, (36, 32, 32, 3), dtype=torch.uint8)  # 4 steps an epoch, 4 images dropped
     write_shards(tmp_path / "shards", iter(pixels.numpy()), image_size=32, count=36)

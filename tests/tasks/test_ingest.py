@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.shards import ShardReader
-from tasks.config import ValidateConfig
-from tasks.atomic import staged_dir
-from tasks.prepared import accepted_rows, load_rgb
-from tasks.prepared import write_unlabeled as ingest_unlabeled
-from tasks.source_check import validate_source
-from tasks.sources import SourceError, export_dataset, list_images, open_source
+from tasks.image.shards import ShardReader
+from tasks.core.config import ValidateConfig
+from tasks.core.atomic import staged_dir
+from tasks.image.prepared import accepted_rows, load_rgb
+from tasks.image.prepared import write_unlabeled as ingest_unlabeled
+from tasks.validation.source_check import validate_source
+from tasks.image.sources import SourceError, export_dataset, list_images, open_source
 
 
 def _validated(source, out_dir, name="unlabeled"):
@@ -22,7 +22,7 @@ def _validated(source, out_dir, name="unlabeled"):
 
 def ingest_labeled(source, out, size, test_fraction=0.2):
     """Validate, then decode the accepted files, staged whole as ingest does."""
-    from tasks.prepared import write_labeled
+    from tasks.image.prepared import write_labeled
 
     table = _validated(source, out.parent / f".validation-{out.name}", "labeled")
     with staged_dir(out) as staging:
@@ -89,7 +89,7 @@ def test_failed_ingest_leaves_previous_output_untouched(tmp_path, tiny_data):
     next((changed / "test" / "ship").glob("*.jpg")).write_bytes(b"now broken")  # changed since validation
     with pytest.raises(SourceError, match="changed since validation"):
         with staged_dir(out) as staging:
-            from tasks.prepared import write_labeled
+            from tasks.image.prepared import write_labeled
 
             write_labeled(changed, table, staging, 32)
     assert (out / "train_images.npy").read_bytes() == before

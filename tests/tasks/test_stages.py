@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from tasks.config import load_config
+from tasks.core.config import load_config
 from tasks.stages import PIPELINE, STAGES, code_deps, dvc_yaml, mark_done, stale_reason
 from tests.conftest import REPO
 
@@ -32,13 +32,13 @@ def test_git_keeps_exactly_the_outs_dvc_does_not_cache():
 
 def test_code_deps_follow_the_imports():
     pretrain = code_deps("tasks.pretrain")
-    assert {"tasks/pretrain.py", "tasks/prepared.py", "ssl_models/training.py", "ssl_models/methods/simclr.py", "ssl_models/augment.py"} <= set(pretrain)
+    assert {"tasks/pretrain.py", "tasks/image/prepared.py", "ssl_models/training.py", "ssl_models/methods/simclr.py", "ssl_models/augment.py"} <= set(pretrain)
     ingest = code_deps("tasks.ingest")
-    assert {"tasks/ingest.py", "tasks/prepared.py", "tasks/imaging.py", "tasks/sources.py", "tasks/atomic.py"} <= set(ingest)
+    assert {"tasks/ingest.py", "tasks/image/prepared.py", "tasks/image/imaging.py", "tasks/image/sources.py", "tasks/core/atomic.py"} <= set(ingest)
     # The config's own imports (the SSL methods) are not followed: a method change reruns pretrain, not ingest.
     assert not any(path.startswith("ssl_models/methods") for path in ingest + code_deps("tasks.validate"))
     register = code_deps("tasks.register")
-    assert {"tasks/promote.py", "tasks/scoring.py", "ssl_models/evaluation.py"} <= set(register)
+    assert {"tasks/registry/promotion.py", "tasks/evaluation/scoring.py", "ssl_models/evaluation.py"} <= set(register)
 
 
 def test_no_stage_module_imports_another_stage_module():
@@ -81,7 +81,7 @@ def test_each_stage_has_a_text_function_with_the_same_result_and_both_codes_in_d
     generated = yaml.safe_load(dvc_yaml())["stages"]
     for stage in PIPELINE:
         image, text = stage.load("image"), stage.load("text")
-        assert image is not text and text.__module__ == "tasks.text_pipeline"
+        assert image is not text and text.__module__ == "tasks.text.pipeline"
         assert inspect.signature(text).return_annotation == inspect.signature(image).return_annotation == stage.result
         deps = generated[stage.name]["deps"]
-        assert f"{stage.module.replace('.', '/')}.py" in deps and "tasks/text_pipeline.py" in deps
+        assert f"{stage.module.replace('.', '/')}.py" in deps and "tasks/text/pipeline.py" in deps

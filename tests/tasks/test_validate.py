@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from tasks.config import ValidateConfig
-from tasks.source_check import validate_source
-from tasks.validation_report import DataValidationError, raise_for_failures
+from tasks.core.config import ValidateConfig
+from tasks.validation.source_check import validate_source
+from tasks.validation.report import DataValidationError, raise_for_failures
 
 
 def test_clean_folder_passes(tmp_path, tiny_data):

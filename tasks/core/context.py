@@ -1,0 +1,18 @@
+"""What every stage function gets besides its inputs: where, with which config, logging where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.core.config import PipelineConfig
+from tasks.core.layout import Layout
+from tasks.registry.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class StageContext:
+    layout: Layout
+    cfg: PipelineConfig  # resolved: no "auto" left
+    tracker: Tracker  # the MLflow run this stage logs into
+    progress: bool = True  # progress bars on long work
+    key: str = ""  # digest of this stage's code, params and inputs (tasks/stages.py): names its resume checkpoint

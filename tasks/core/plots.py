@@ -1,0 +1,167 @@
+"""Small matplotlib figures the stages write as PNGs (and log to MLflow).
+
+Every figure has a title and labelled axes: it is read on its own, in the MLflow UI or
+``dvc plots``, away from the code that drew it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    from tasks.core.atomic import save_with
+
+    fig.tight_layout()
+    save_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png"))  # all or nothing
+    plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return path
+
+
+def training_curves(history: Sequence[dict], path: Path, title: str = "Pretraining, per epoch") -> Path:
+    """Loss, embedding std and effective rank per epoch, side by side."""
+    plt = _pyplot()
+    keys = [("loss", "training loss"), ("embedding_std", "std of normalised embeddings"), ("effective_rank", "effective rank of embeddings")]
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    for ax, (key, label) in zip(axes, keys):
+        ax.plot(epochs, [row[key] for row in history], marker="o")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epoch 1, 2, 3; never 1.5
+        ax.set_ylabel(label.split(" of ")[0])
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+ENCODER_NAMES = {"ssl": "SSL encoder", "random_init": "random init", "raw_pixels": "raw pixels"}
+
+
+def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path, title: str = "Frozen features: linear probe and kNN accuracy") -> Path:
+    """Linear-probe and kNN accuracy for each encoder, grouped bars."""
+    plt = _pyplot()
+    names = [n for n in metrics if "linear_probe_acc" in metrics[n]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    width = 0.38
+    for offset, key, label in [(-width / 2, "linear_probe_acc", "linear probe"), (width / 2, "knn_acc", "kNN")]:
+        values = [metrics[n][key] for n in names]
+        bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.set_xticks(range(len(names)), [ENCODER_NAMES.get(n, n) for n in names])
+    ax.set_xlabel("encoder")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.08)  # room for the value labels above a bar near 1
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    return _save(plt, fig, path)
+
+
+def label_efficiency_plot(rows: Sequence[dict], path: Path, title: str = "Label efficiency: fine-tuned SSL encoder vs from scratch") -> Path:
+    """Test accuracy against the share of labels: fine-tuned SSL encoder vs from scratch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fractions = [row["fraction"] for row in rows]
+    series = (("ssl_finetune", "SSL encoder, fine-tuned"), ("scratch", "same architecture, from scratch"))
+    for key, label in series:
+        ax.plot(fractions, [row[key] for row in rows], marker="o", label=label)
+    # At each point the higher value is written above its marker and the lower one below, so
+    # two close values never print on top of each other.
+    for x, row in zip(fractions, rows):
+        high, low = sorted((key for key, _ in series), key=lambda k: row[k], reverse=True)
+        ax.annotate(f"{row[high]:.3f}", (x, row[high]), textcoords="offset points", xytext=(0, 7), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{row[low]:.3f}", (x, row[low]), textcoords="offset points", xytext=(0, -7), ha="center", va="top", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f * 100:g}%\n({row['labels']})" for f, row in zip(fractions, rows)])
+    ax.minorticks_off()
+    ax.set_xlim(min(fractions) / 1.8, max(fractions) * 1.8)  # the end labels stay inside the axes
+    ax.set_xlabel("share of the train labels used (count)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    return _save(plt, fig, path)
+
+
+def embedding_plot(points: Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str], path: Path, title: str) -> Path:
+    """A 2-D projection of embeddings, one colour per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 5))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for index, name in enumerate(classes):
+        members = [p for p, y in zip(points, labels) if y == index]
+        if members:
+            xs, ys = zip(*members)
+            ax.scatter(xs, ys, s=8, color=cmap(index % cmap.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    # Outside the axes: inside, "best" still hides a cluster.
+    ax.legend(fontsize=8, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="class", borderaxespad=0)
+    return _save(plt, fig, path)
+
+
+def _as_hwc(images) -> list:
+    """(N, 3, H, W) float in [0, 1] (torch or numpy) -> N arrays (H, W, 3) for imshow."""
+    import numpy as np
+
+    array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return list(np.clip(array.transpose(0, 2, 3, 1), 0, 1))
+
+
+def augment_preview(images, views1, views2, path: Path, title: str = "Augmentation preview: two random views of each image") -> Path:
+    """A grid with one column per image and three labelled rows: the original, view 1, view 2.
+
+    ``images``, ``views1``, ``views2``: (N, 3, H, W) floats in [0, 1]. Each picture is drawn
+    about an inch and a half wide, pixels kept sharp (no smoothing of a 32-pixel image)."""
+    plt = _pyplot()
+    rows = [("original", _as_hwc(images)), ("view 1", _as_hwc(views1)), ("view 2", _as_hwc(views2))]
+    columns = len(rows[0][1])
+    fig, axes = plt.subplots(3, columns, figsize=(1.5 * columns + 1.0, 1.5 * 3 + 0.7), squeeze=False)
+    for r, (label, pictures) in enumerate(rows):
+        for c, picture in enumerate(pictures):
+            ax = axes[r][c]
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=11, rotation=90)
+            if r == 0:
+                ax.set_title(f"image {c + 1}", fontsize=9)
+    fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def masking_preview(rows: Sequence[tuple[str, str]], path: Path, title: str = "MLM preview: each document, then what the encoder sees") -> Path:
+    """Text's augment preview: per document its first tokens and the same tokens after BERT's
+    masking (what the encoder gets; the pieces to predict in brackets)."""
+    import textwrap
+
+    plt = _pyplot()
+    lines: list[tuple[str, str]] = []
+    for index, (original, masked) in enumerate(rows, start=1):
+        lines += [(f"document {index}", line) for line in textwrap.wrap(original, 150)[:2]]
+        lines += [("masked", line) for line in textwrap.wrap(masked, 150)[:2]]
+        lines.append(("", ""))
+    fig = plt.figure(figsize=(14, 0.26 * len(lines) + 0.8))
+    for i, (label, line) in enumerate(lines):
+        y = 0.93 * (1 - (i + 0.5) / max(1, len(lines)))  # below the title
+        fig.text(0.01, y, label, fontsize=8, weight="bold", va="center")
+        fig.text(0.1, y, line, fontsize=8, family="monospace", va="center", color="firebrick" if label == "masked" else "black")
+    fig.suptitle(title)
+    return _save(plt, fig, path)

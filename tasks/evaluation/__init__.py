@@ -1,0 +1,1 @@
+"""The evaluation protocol given features: linear probe, kNN, label efficiency."""

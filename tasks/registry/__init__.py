@@ -1,0 +1,1 @@
+"""MLflow: tracking, the models (pyfunc, no pickle), registration, the promotion gate, promote and rollback."""

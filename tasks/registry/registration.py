@@ -1,0 +1,102 @@
+"""Registering a scored encoder, for either modality: the checks and the gate around it.
+
+Shared by the register stages of images (tasks/register.py) and text
+(tasks/text/pipeline.py), which differ only in how the model is logged and how a champion
+is re-scored on the current evaluation data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks.core.atomic import write_json
+from tasks.core.config import PipelineConfig
+from tasks.core.context import StageContext
+from tasks.registry.models import describe_version, version_description
+from tasks.registry.promotion import gate, registry_lock
+from tasks.core.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
+from tasks.evaluation.scoring import protocol_version, summary_table
+
+log = logging.getLogger(__name__)
+
+
+class MismatchedScores(Exception):
+    """The metrics are not those of the encoder about to be registered."""
+
+
+def gate_tags(cfg: PipelineConfig, eval_data_version: str, probe_acc: float) -> dict[str, str]:
+    """What the gate compares: the exact score, and what it was measured on and how."""
+    return {"probe_acc": repr(probe_acc), "eval_data_version": eval_data_version, "eval_protocol": protocol_version(cfg.evaluate)}
+
+
+def check_scores_belong(pretrained: Pretrained, evaluation: Evaluation) -> None:
+    """Refuse to register scores of another encoder (a rerun, or another run's files)."""
+    actual = file_sha256(Path(pretrained.encoder_dir) / "weights.pt")
+    if actual != pretrained.weights_sha256:
+        raise MismatchedScores(f"{pretrained.encoder_dir}: the weights changed since pretraining finished (sha256 {actual[:12]}); run the pipeline again")
+    if (evaluation.encoder_sha256, evaluation.run_id) != (pretrained.weights_sha256, pretrained.run_id):
+        raise MismatchedScores(
+            f"the metrics score encoder {evaluation.encoder_sha256[:12]} of run {evaluation.run_id}, not the one to register "
+            f"({pretrained.weights_sha256[:12]}, run {pretrained.run_id}); run `sslpipe evaluate` again"
+        )
+
+
+def register_version_and_gate(root: Path, cfg: PipelineConfig, model_name: str, model_id: str, tags: dict[str, str], rescore: Callable[[object], float]):
+    """Register the logged model as a new version of ``model_name`` with ``register.alias``, then
+    the promotion gate (``rescore(model_version)``: a champion's probe accuracy on the current data).
+
+    Both under one cross-process lock: concurrent runs neither share a champion to beat
+    nor race for a version number. Returns (ModelVersion, Decision).
+    """
+    import mlflow
+
+    r = cfg.register
+    client = mlflow.MlflowClient()
+    with registry_lock(root):
+        version = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
+        client.set_registered_model_alias(model_name, r.alias, version.version)
+        decision = gate(client, model_name, version, float(tags["probe_acc"]), r.champion_alias, r.min_improvement, rescore)
+    return version, decision
+
+
+def lineage_tags(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation, modality: str) -> dict[str, str]:
+    """Every version's tags: where it came from (data, code, run, weights) and what it scored."""
+    tracker, ssl = ctx.tracker, evaluation.metrics["ssl"]
+    return {
+        "data_version": tracker.tag("data_version"),
+        "git_commit": tracker.tag("git_commit"),
+        "method": pretrained.method,
+        "modality": modality,
+        "run_id": pretrained.run_id,
+        "weights_sha256": pretrained.weights_sha256,
+        "linear_probe_acc": f"{ssl['linear_probe_acc']:.4f}",
+        "knn_acc": f"{ssl['knn_acc']:.4f}",
+        **gate_tags(ctx.cfg, prepared.eval_data_version, float(ssl["linear_probe_acc"])),
+    }
+
+
+def record_registration(ctx: StageContext, model_name: str, version, decision, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation) -> Registered:
+    """After the gate: the version's description, the run's tags, reports/registered.json."""
+    import mlflow
+
+    cfg, tracker = ctx.cfg, ctx.tracker
+    facts = {"data version": tracker.tag("data_version"), "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
+    description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
+    describe_version(mlflow.MlflowClient(), model_name, version.version, description)
+    # The run's description too: the UI shows it above the run's metrics, results before the
+    # validation statistics logged first. Its first line, all that the collapsed description
+    # shows, is the result in one sentence; the gate's decision follows.
+    ssl = evaluation.metrics["ssl"]
+    headline = (
+        f"**{pretrained.method} encoder: linear probe {ssl['linear_probe_acc']:.3f}, kNN {ssl['knn_acc']:.3f}**, "
+        f"registered as {model_name} version {version.version}.\n\n"
+    )
+    tracker.set_tags({"mlflow.note.content": headline + description})
+    log.info("registered %s version %s (@%s); promotion gate: %s", model_name, version.version, cfg.register.alias, decision.summary())
+    tracker.set_tags({"registered_version": version.version, **decision.tags()})
+    tracker.log_metrics(decision.metrics())
+    registered = Registered(model_name, int(version.version), cfg.register.alias, pretrained.run_id, decision.promoted, decision.summary())
+    write_json(ctx.layout.registered, registered.as_dict() | {"gate": decision.tags()})
+    return registered

@@ -1,0 +1,34 @@
+"""The text stages end to end on the bundled AG News slice, tiny settings: validate -> ingest -> pretrain -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+from ssl_models.text import load_text_encoder
+from tasks.core.config import EvaluateConfig
+from tasks.text.tokens import encode_texts, load_tokenizer
+from tasks.text.steps import TextModelSettings, evaluate_text, ingest_text, pretrain_text, validate_text
+from tests.conftest import SAMPLE
+
+TINY = TextModelSettings(vocab_size=1000, max_len=32, dim=32, depth=1, epochs=1, batch_size=128)
+
+
+def test_text_stages_end_to_end(tmp_path):
+    reports, quarantine = validate_text(SAMPLE / "news.csv.gz", SAMPLE / "news_labeled.csv.gz", tmp_path / "validation", tmp_path / "ref.json")
+    assert [r.success for r in reports] == [True, True] and quarantine.empty
+    counts = ingest_text(SAMPLE / "news.csv.gz", SAMPLE / "news_labeled.csv.gz", tmp_path / "validation",
+                         tmp_path / "prepared" / "unlabeled", tmp_path / "prepared" / "labeled", TINY)  # fmt: skip
+    assert counts == {"unlabeled": 1500, "labeled_train": 800, "labeled_test": 200}
+    epochs = []
+    history = pretrain_text(tmp_path / "prepared" / "unlabeled", tmp_path / "encoder", TINY, on_epoch_end=epochs.append,
+                            extra={"data_version": "abc"}, progress=False)  # fmt: skip
+    assert len(history) == 1 and epochs == history
+    config = json.loads((tmp_path / "encoder" / "config.json").read_text())
+    assert config["modality"] == "text" and config["method"] == "mlm" and config["data_version"] == "abc"
+    # The saved encoder is usable on its own: its tokenizer is beside it.
+    encoder, tokenizer = load_text_encoder(tmp_path / "encoder"), load_tokenizer(tmp_path / "encoder")
+    assert encoder(encode_texts(tokenizer, ["Stocks rallied on Wall Street", "The striker scored twice"])).shape == (2, 32)
+    metrics = evaluate_text(tmp_path / "encoder", tmp_path / "prepared" / "labeled",
+                            EvaluateConfig(probe_weight_decays=[0.1], label_fractions=[0.1]), finetune_steps=3)  # fmt: skip
+    assert {"ssl", "random_init", "tfidf", "supervised_scratch", "label_efficiency"} <= set(metrics)
+    assert set(metrics["label_efficiency"]["ssl_finetune"]) == {"10%", "100%"}
