@@ -185,7 +185,7 @@ def run_stage(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.command == "validate":
         _check_sources(cfg, args.root)
-    result = run_alone(args.command, Layout.at(args.root), cfg.resolved(), progress=not args.quiet)
+    result = run_alone(args.command, Layout.at(args.root), cfg.resolved(), progress=not args.quiet, given=cfg)
     if args.command == "validate":
         print("\n".join(result.summaries))
         return 0 if result.success else 2

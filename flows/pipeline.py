@@ -2,11 +2,13 @@
 
 validate -> ingest -> augment -> pretrain -> evaluate -> register
 
-The modality follows ``data.unlabeled``: each stage runs its image or its text function
-(tasks/stages.py), with the same inputs, results and outputs.
+The modality follows ``data.unlabeled``: each stage runs its shell with the image or the text
+part (tasks/stages.py), with the same inputs, results and outputs.
 
-A stage whose code, params, inputs and outputs are unchanged since it last succeeded is
-skipped (its result is read back from its outputs); ``force`` reruns everything. The flow
+A stage that DVC says is up to date (``dvc.lock``: code, params, inputs and outputs
+unchanged) is skipped (its result is read back from its outputs), and every stage that ran is
+recorded in ``dvc.lock`` as ``dvc repro`` would (tasks/core/freshness.py); ``force`` reruns
+everything. The flow
 owns one MLflow run, created when a stage first logs: a run where nothing changed creates
 none and registers nothing. Bad data ends the flow run Failed with the validation report as
 its message (no traceback, nothing trained or registered).
@@ -23,14 +25,14 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.run_logs import run_logs_to_prefect
-from flows.stage_runner import pipeline_tracker, tracker_for
+from flows.stage_runner import pipeline_tracker, stage_context, tracker_for
 from tasks.core.config import PipelineConfig, load_config
-from tasks.core.context import StageContext
 from tasks.core.layout import Layout
 from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
 from tasks.evaluation.scoring import ENCODERS, summary_table
-from tasks.stages import PIPELINE, Stage, input_key, mark_done, stale_reason
+from tasks.core.freshness import Book
+from tasks.stages import PIPELINE, Stage
 from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
 
 log = logging.getLogger("sslpipe")
@@ -41,12 +43,13 @@ def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: b
     """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml;
     ``progress=False`` (``sslpipe run -q``) draws no progress bars."""
     layout = Layout.at(root)
-    cfg = (config or load_config(layout.root / "params.yaml")).resolved()
+    given = config or load_config(layout.root / "params.yaml")
+    cfg = given.resolved()
     # One run per project root at a time. The CLI already holds the lock (re-entrant: a no-op
     # then); a scheduled run that starts the flow directly takes it here.
     # Our own log lines (image counts, per-epoch loss, the gate's decision) go to this run's logs.
     with run_logs_to_prefect(), hold_root(layout.root, on_wait=log.info, command="ssl-pipeline flow"):
-        return _run_stages(layout, cfg, force, progress)
+        return _run_stages(layout, cfg, Book(layout.root, given), force, progress)
 
 
 def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
@@ -63,7 +66,7 @@ def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
     return f"{stage.name}: {what}" if what else stage.name
 
 
-def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool):
+def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, progress: bool):
     from ssl_models.methods import check_image_size
 
     p, modality = cfg.pretrain, cfg.modality(layout.root)
@@ -75,19 +78,19 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool
     skipped: dict[str, str] = {}
     try:
         for stage in PIPELINE:
-            reason = "--force" if force else stale_reason(stage, layout.root, cfg)
+            reason = "--force" if force else book.stale_reason(stage)
             if reason is None:
                 try:
                     results[stage.name] = stage.result_type().load(layout)
-                    skipped[stage.name] = "up to date: code, params, inputs and outputs unchanged"
-                    log.info("%s: skipped (up to date)", stage.name)
+                    skipped[stage.name] = "up to date in dvc.lock: code, params, inputs and outputs unchanged"
+                    log.info("%s: skipped (up to date in dvc.lock)", stage.name)
                     continue
                 except MissingInput as err:
                     reason = str(err)
             inputs = {name: results[name] for name in stage.inputs}
-            ctx = StageContext(layout, cfg, tracker_for(stage, layout, cfg, inputs, own), progress, input_key(stage, layout.root, cfg))
+            ctx = stage_context(stage, layout, cfg, tracker_for(stage, layout, cfg, inputs, own), progress)
             log.info("%s: running (%s)", stage.name, reason)
-            run = task(stage.load(modality), name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
+            run = task(stage.load(), name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
             result = run(ctx, *inputs.values())
             results[stage.name], ran[stage.name] = result, reason
             if stage.name == "validate":
@@ -95,7 +98,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, force: bool, progress: bool
                 if not result.success:
                     own.end("FAILED")
                     return Failed(message="\n".join(result.summaries))
-            mark_done(stage, layout.root, cfg)
+            book.record(stage)
     except BaseException as err:
         own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

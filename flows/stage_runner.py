@@ -8,12 +8,14 @@ earlier stages' outputs with ``Result.load`` and runs just that stage.
 from __future__ import annotations
 
 import logging
+import os
 
 from ssl_models.distributed import is_main
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.layout import Layout
-from tasks.stages import STAGES, Stage, input_key, mark_done
+from tasks.core.freshness import Book, input_key
+from tasks.stages import STAGES, Stage
 from tasks.registry.tracking import Tracker, run_name
 
 log = logging.getLogger("sslpipe")
@@ -33,18 +35,28 @@ def tracker_for(stage: Stage, layout: Layout, cfg: PipelineConfig, inputs: dict[
     return own
 
 
-def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = True):
-    """One stage as its own process would run it: inputs from disk, its own (or its model's) run."""
+def stage_context(stage: Stage, layout: Layout, cfg: PipelineConfig, tracker: Tracker, progress: bool) -> StageContext:
+    """What the stage's shell gets: the modality (decided once, from the data source) and its part."""
+    modality = cfg.modality(layout.root)
+    return StageContext(layout, cfg, tracker, progress, modality=modality, part=stage.part(modality), key=input_key(stage, layout.root, cfg))
+
+
+def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = True, given: PipelineConfig | None = None):
+    """One stage as its own process would run it: inputs from disk, its own (or its model's) run.
+
+    Run by hand, the finished stage is recorded in dvc.lock (``given``: the config before
+    ``auto`` is resolved, as params.yaml and ``--set`` say); run by ``dvc repro`` (which sets
+    ``DVC_STAGE``), DVC records it itself."""
     stage = STAGES[name]
     inputs = {upstream: STAGES[upstream].result_type().load(layout) for upstream in stage.inputs}
     own = pipeline_tracker(layout, cfg, f"{cfg.pretrain.method}-{name}" if name == "pretrain" else name, {"sslpipe.stage": name})
     tracker = tracker_for(stage, layout, cfg, inputs, own)
     try:
-        result = stage.load(cfg.modality(layout.root))(StageContext(layout, cfg, tracker, progress, input_key(stage, layout.root, cfg)), *inputs.values())
+        result = stage.load()(stage_context(stage, layout, cfg, tracker, progress), *inputs.values())
     except BaseException as err:
         own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     own.end()
-    if getattr(result, "success", True) and is_main():  # under torchrun, rank 0 alone records it
-        mark_done(stage, layout.root, cfg)
+    if getattr(result, "success", True) and is_main() and "DVC_STAGE" not in os.environ:  # under torchrun, rank 0 alone records it
+        Book(layout.root, given or cfg).record(stage)
     return result

@@ -38,9 +38,9 @@ import shutil
 import tempfile
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import pandas as pd
@@ -390,3 +390,28 @@ def quarantine_rows(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 __all__ = ["TEXT_FAULTS", "TextRules", "SourceError", "document_table", "quarantine_rows", "validate_text_source"]
+
+
+def validate_text(
+    unlabeled: str | Path,
+    labeled: str | Path | None,
+    out_dir: Path,
+    reference: Path | None,
+    rules: TextRules | None = None,
+    on_fail: Literal["stop", "quarantine"] = "stop",
+    max_bad_fraction: float = 0.05,
+    text_columns: Sequence[str] | None = None,
+    label_column: str = "label",
+) -> tuple[list[ValidationReport], pd.DataFrame]:
+    """Validate both sources; returns the reports and the quarantine rows (path, fault, detail, dataset)."""
+    reports, bad = [], []
+    for name, source, is_labeled in (("unlabeled", unlabeled, False), ("labeled", labeled, True)):
+        if source is None:
+            continue
+        report, table = validate_text_source(
+            source, name, out_dir, labeled=is_labeled, rules=rules, on_fail=on_fail, max_bad_fraction=max_bad_fraction,
+            reference=reference, text_columns=list(text_columns) if text_columns else None, label_column=label_column,
+        )  # fmt: skip
+        reports.append(report)
+        bad.append(quarantine_rows(table, name))
+    return reports, pd.concat(bad, ignore_index=True)

@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ssl_models.text import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TOKENIZER_FILE
+from ssl_models.text import (
+    CLS_ID,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    TextModelSettings,
+)
 from tasks.image.sources import SourceError
 from tasks.text.sources import Document, clean_text, read_documents
 
@@ -247,3 +254,29 @@ def load_labeled_tokens(labeled_dir: Path) -> dict[str, torch.Tensor]:
     """{train,test}_tokens (N, L) int64 and {train,test}_labels (N,) int64."""
     data = {f"{split}_tokens": torch.from_numpy(np.load(labeled_dir / f"{split}_tokens.npy")).long() for split in ("train", "test")}
     return data | {f"{split}_labels": torch.from_numpy(np.load(labeled_dir / f"{split}_labels.npy")) for split in ("train", "test")}
+
+
+def ingest_text(
+    unlabeled: str | Path,
+    labeled: str | Path | None,
+    validation_dir: Path | None,
+    unlabeled_out: Path,
+    labeled_out: Path,
+    settings: TextModelSettings = TextModelSettings(),
+    test_fraction: float = 0.2,
+    text_columns: Sequence[str] | None = None,
+    label_column: str = "label",
+) -> dict[str, int]:
+    """Tokenizer + shards from the accepted unlabeled documents, then the labeled set; returns counts."""
+    table = (lambda name: validation_dir / f"{name}_table.csv") if validation_dir is not None else (lambda name: None)
+    meta = ingest_text_unlabeled(
+        unlabeled, unlabeled_out, table("unlabeled"), vocab_size=settings.vocab_size, max_len=settings.max_len,
+        text_columns=text_columns, label_column=label_column,
+    )  # fmt: skip
+    counts = {"unlabeled": meta["documents"]}
+    if labeled is not None:
+        split = ingest_text_labeled(
+            labeled, labeled_out, unlabeled_out, table("labeled"), test_fraction=test_fraction, text_columns=text_columns, label_column=label_column
+        )
+        counts |= {f"labeled_{k}": v for k, v in split.items()}
+    return counts

@@ -7,7 +7,11 @@ import json
 from ssl_models.text import load_text_encoder
 from tasks.core.config import EvaluateConfig
 from tasks.text.tokens import encode_texts, load_tokenizer
-from tasks.text.steps import TextModelSettings, evaluate_text, ingest_text, pretrain_text, validate_text
+from ssl_models.text import TextModelSettings
+from tasks.text.checks import validate_text
+from tasks.text.evaluate import evaluate_text
+from tasks.text.pretrain import pretrain_text
+from tasks.text.tokens import ingest_text
 from tests.conftest import SAMPLE
 
 TINY = TextModelSettings(vocab_size=1000, max_len=32, dim=32, depth=1, epochs=1, batch_size=128)

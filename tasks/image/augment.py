@@ -1,0 +1,47 @@
+"""Augment stage: check the view policy on real images and draw a preview grid.
+
+Views are made on the fly during pretraining (on the training device), so this stage
+writes no data: it proves the policy behaves and shows it, as
+``reports/augment_preview.png`` (rows: original, view 1, view 2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_models.augment import ViewPolicy
+from tasks.core.context import StageContext
+from tasks.core.plots import augment_preview
+from tasks.image.prepared import preview_images
+from tasks.core.results import Prepared, Preview
+
+
+class AugmentPolicyError(ValueError):
+    """The view policy produced something training must not see."""
+
+
+def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
+    """Two views per image, checked for shape and range, and that random parameters
+    are drawn per image (one image repeated must not get identical views)."""
+    size = policy.size
+    views = torch.cat([policy(images), policy(images)])
+    if views.shape != (2 * images.shape[0], 3, size, size):
+        raise AugmentPolicyError(f"views have shape {tuple(views.shape)}, expected {(2 * images.shape[0], 3, size, size)}")
+    if not torch.isfinite(views).all() or views.min() < 0 or views.max() > 1:
+        raise AugmentPolicyError("views leave the [0, 1] range or hold NaN")
+    repeated = policy(images[:1].expand(8, -1, -1, -1).contiguous())
+    if policy.is_random and all(torch.allclose(repeated[0], other) for other in repeated[1:]):
+        raise AugmentPolicyError("one image repeated got identical views: random parameters are not per image")
+    return views
+
+
+def augment(ctx: StageContext, prepared: Prepared) -> Preview:
+    """Check the policy on the first training images; save and log ``reports/augment_preview.png``
+    (rows: original, view 1, view 2)."""
+    cfg = ctx.cfg
+    torch.manual_seed(cfg.pretrain.seed)
+    images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
+    views = check_views(cfg.augment.policy(cfg.data.image_size), images)
+    out = augment_preview(images, views[: len(images)], views[len(images) :], ctx.layout.augment_preview)
+    ctx.tracker.log_artifact(out, "augment")
+    return Preview(str(out))

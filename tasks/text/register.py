@@ -1,0 +1,44 @@
+"""The text part of register: the encoder (weights, config, tokenizer) as ``register.text_model_name``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssl_models.text import TOKENIZER_FILE, load_text_encoder
+from tasks.core.context import StageContext
+from tasks.core.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
+from tasks.registry.models import log_text_encoder_model, weights_dir
+from tasks.registry.registration import check_scores_belong, lineage_tags, record_registration, register_version_and_gate
+from tasks.registry.tracking import use_store
+from tasks.text.features import text_probe_accuracy
+from tasks.text.tokens import encode, load_labeled_texts, load_labeled_tokens, load_tokenizer
+
+
+def _text_champion_rescorer(ctx: StageContext, labeled_dir: str):
+    """A registered text encoder's probe accuracy on the current labeled set, encoded with its own tokenizer."""
+
+    def rescore(model_version) -> float:
+        import mlflow
+
+        local = weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}"))
+        tokenizer, texts, labeled = load_tokenizer(local), load_labeled_texts(Path(labeled_dir)), load_labeled_tokens(Path(labeled_dir))
+        ids = {f"{split}_tokens": torch.from_numpy(encode(tokenizer, texts[f"{split}_texts"])).long() for split in ("train", "test")}
+        return text_probe_accuracy(load_text_encoder(local), labeled | ids, ctx.cfg.evaluate, torch.device(ctx.cfg.pretrain.device))
+
+    return rescore
+
+
+def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation) -> Registered:
+    """Log the text encoder (weights, config, tokenizer) as ``register.text_model_name``; the gate among text encoders."""
+    cfg = ctx.cfg
+    check_scores_belong(pretrained, evaluation)
+    name = cfg.model_name("text")
+    tags = lineage_tags(ctx, prepared, pretrained, evaluation, "text") | {"tokenizer_sha256": file_sha256(Path(pretrained.encoder_dir) / TOKENIZER_FILE)}
+    use_store(ctx.layout.root, cfg.register.experiment)
+    example = load_labeled_texts(prepared.labeled)["test_texts"][:2]  # a real input example: two evaluation documents
+    model_id = log_text_encoder_model(pretrained.encoder_dir, name, pretrained.run_id, tags, example)
+    version, decision = register_version_and_gate(ctx.layout.root, cfg, name, model_id, tags, _text_champion_rescorer(ctx, prepared.labeled))
+    return record_registration(ctx, name, version, decision, prepared, pretrained, evaluation)
+
