@@ -32,7 +32,7 @@ from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
 from tasks.evaluation.scoring import ENCODERS, summary_table
 from tasks.core.freshness import Book
-from tasks.stages import PIPELINE, Stage
+from tasks.stages import PIPELINE, STAGES, Stage
 from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
 
 log = logging.getLogger("sslpipe")
@@ -67,11 +67,7 @@ def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
 
 
 def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, progress: bool):
-    from ssl_models.methods import check_image_size
-
-    p, modality = cfg.pretrain, cfg.modality(layout.root)
-    if modality == "image":  # a method that cannot work at this size says so first
-        check_image_size(p.method, cfg.data.image_size, p.backbone, **p.method_params)
+    STAGES["pretrain"].part(cfg.modality(layout.root)).check(cfg)  # e.g. a method that cannot work at this size says so first
     own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
     results: dict[str, object] = {}
     ran: dict[str, str] = {}

@@ -38,7 +38,9 @@ def tracker_for(stage: Stage, layout: Layout, cfg: PipelineConfig, inputs: dict[
 def stage_context(stage: Stage, layout: Layout, cfg: PipelineConfig, tracker: Tracker, progress: bool) -> StageContext:
     """What the stage's shell gets: the modality (decided once, from the data source) and its part."""
     modality = cfg.modality(layout.root)
-    return StageContext(layout, cfg, tracker, progress, modality=modality, part=stage.part(modality), key=input_key(stage, layout.root, cfg))
+    return StageContext(
+        layout, cfg, tracker, progress, modality=modality, part=stage.part(modality), key=input_key(stage, layout.root, cfg)
+    )
 
 
 def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = True, given: PipelineConfig | None = None):

@@ -78,11 +78,21 @@ def parts(stage: str) -> dict[str, str]:
     return {modality: f"tasks.{modality}.{stage}" for modality in MODALITIES}
 
 
-FINETUNE_RECIPE = ("finetune.steps", "finetune.batch_size", "finetune.lr", "finetune.weight_decay", "finetune.warmup_steps", "finetune.crop_scale_min", "finetune.flip_p", "finetune.seed")
+FINETUNE_RECIPE = (
+    "finetune.steps",
+    "finetune.batch_size",
+    "finetune.lr",
+    "finetune.weight_decay",
+    "finetune.warmup_steps",
+    "finetune.crop_scale_min",
+    "finetune.flip_p",
+    "finetune.seed",
+)
 
 PIPELINE: tuple[Stage, ...] = (
     Stage(
-        "validate", "tasks.validate:validate",
+        "validate",
+        "tasks.validate:validate",
         "check the images or documents with a Great Expectations checkpoint (reports/validation/)",
         parts=parts("validate"),
         deps=("${data.unlabeled}", "${data.labeled}"),
@@ -96,7 +106,8 @@ PIPELINE: tuple[Stage, ...] = (
         result="Validated",
     ),
     Stage(
-        "ingest", "tasks.ingest:ingest",
+        "ingest",
+        "tasks.ingest:ingest",
         "decode validated images (or tokenize documents) into data/prepared/ (the DVC-tracked training data)",
         parts=parts("ingest"),
         inputs=("validate",),
@@ -106,7 +117,8 @@ PIPELINE: tuple[Stage, ...] = (
         result="Prepared",
     ),
     Stage(
-        "augment", "tasks.augment:augment",
+        "augment",
+        "tasks.augment:augment",
         "check the view policy (text: the masking) and draw reports/augment_preview.png",
         parts=parts("augment"),
         inputs=("ingest",),
@@ -116,7 +128,8 @@ PIPELINE: tuple[Stage, ...] = (
         result="Preview",
     ),
     Stage(
-        "pretrain", "tasks.pretrain:pretrain",
+        "pretrain",
+        "tasks.pretrain:pretrain",
         "train the SSL method; writes models/encoder/ (its MLflow run id inside)",
         parts=parts("pretrain"),
         inputs=("ingest", "augment"),
@@ -127,7 +140,8 @@ PIPELINE: tuple[Stage, ...] = (
         result="Pretrained",
     ),
     Stage(
-        "evaluate", "tasks.evaluate:evaluate",
+        "evaluate",
+        "tasks.evaluate:evaluate",
         "linear probe and kNN for SSL, random-init and raw pixels (text: TF-IDF) (reports/metrics.json)",
         parts=parts("evaluate"),
         inputs=("ingest", "pretrain"),
@@ -144,7 +158,8 @@ PIPELINE: tuple[Stage, ...] = (
         model_run=True,
     ),
     Stage(
-        "register", "tasks.register:register",
+        "register",
+        "tasks.register:register",
         "log the encoder to MLflow, register a new version (text: ssl-text-encoder), run the promotion gate",
         parts=parts("register"),
         inputs=("ingest", "pretrain", "evaluate"),
@@ -188,7 +203,14 @@ def dvc_yaml(root: Path | None = None) -> str:
         entry |= {key: value for key, value in groups.items() if value}
         stages[stage.name] = entry
     top_plots = [
-        {"label_efficiency": {"x": "fraction", "y": {"reports/label_efficiency.csv": ["ssl_finetune", "scratch"]}, "x_label": "share of train labels", "y_label": "test accuracy"}}
+        {
+            "label_efficiency": {
+                "x": "fraction",
+                "y": {"reports/label_efficiency.csv": ["ssl_finetune", "scratch"]},
+                "x_label": "share of train labels",
+                "y_label": "test accuracy",
+            }
+        }
     ]
     header = (
         "# Generated from tasks/stages.py by `sslpipe generate`: do not edit by hand.\n"

@@ -23,12 +23,14 @@ from tests.conftest import REPO, TINY_PARAMS, TINY_TEXT_PARAMS, kill_at_first_ch
 BIN = Path(sys.executable).parent
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def _env(root: Path) -> dict[str, str]:
+    """The venv on PATH, and the copy of the code in ``root`` first on the import path: the
+    code that runs is the code dvc.yaml's deps name (relative paths in a project's checkout)."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(root)}
 
 
 def _run(*args, cwd):
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env(), timeout=900)
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env(cwd), timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -95,12 +97,56 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     assert "ssl.linear_probe_acc" in _run("dvc", "metrics", "show", cwd=root)
 
     # A helper module that stages import (not a stage module itself) is a code dep of each of them.
-    with open(root / "tasks" / "prepared.py", "a") as handle:
+    with open(root / "tasks" / "image" / "prepared.py", "a") as handle:
         handle.write("\n# touched\n")
     status = _run("dvc", "status", cwd=root)
     stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
     assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
-    assert "modified:           tasks/image/prepared.py" in status or "tasks/image/prepared.py" in status
+    assert "tasks/image/prepared.py" in status
+
+
+def _git_commit(root: Path, message: str) -> None:
+    _run("git", "add", "-A", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, cwd=root)
+
+
+def _sslpipe_ran(output: str) -> set[str]:
+    return set(re.findall(r"^([\w-]+): running", output, flags=re.M))
+
+
+def test_sslpipe_run_and_dvc_keep_one_book(tmp_path, tiny_data, mlflow_store):
+    """`sslpipe run` records every stage in dvc.lock as `dvc repro` would: then `dvc status` is
+    clean and `dvc repro` runs nothing; a changed SSL method makes pretrain stale, never validate
+    or ingest; `dvc exp run` and `sslpipe run` mix; a --set run is not recorded."""
+    root = _dvc_repo(tmp_path / "repo", tiny_data)
+    first = _run("sslpipe", "run", "-q", cwd=root)
+    assert "registered as ssl-encoder version 1" in first
+    assert "Data and pipelines are up to date." in _run("dvc", "status", cwd=root)
+    assert _ran(_run("dvc", "repro", cwd=root)) == set()
+
+    with open(root / "ssl_models" / "methods" / "mae.py", "a") as handle:
+        handle.write("\n# a comment\n")
+    stale = set(re.findall(r"^([\w-]+):", _run("dvc", "status", cwd=root), flags=re.M))
+    assert "pretrain" in stale and not stale & {"validate", "ingest"}, stale
+    second = _run("sslpipe", "run", cwd=root)
+    assert "pretrain" in _sslpipe_ran(second) and not _sslpipe_ran(second) & {"validate", "ingest"}, second[-3000:]
+    assert "Data and pipelines are up to date." in _run("dvc", "status", cwd=root)
+
+    # An experiment through DVC, then sslpipe: it finds everything up to date.
+    _git_commit(root, "first runs")
+    exp = _run("dvc", "exp", "run", "-S", "evaluate.knn_k=3", cwd=root)
+    assert _ran(exp) == {"evaluate", "register"}
+    third = _run("sslpipe", "run", cwd=root)
+    assert _sslpipe_ran(third) == set() and "nothing changed" in third
+
+    # --set values that params.yaml does not hold: the stages run, dvc.lock keeps params.yaml's truth.
+    lock = (root / "dvc.lock").read_text()
+    overridden = _run("sslpipe", "run", "--set", "evaluate.knn_k=5", cwd=root)
+    assert _sslpipe_ran(overridden) == {"evaluate", "register"}
+    assert "knn_k: 3" in (root / "dvc.lock").read_text() and "knn_k: 5" not in (root / "dvc.lock").read_text()
+    stale = set(re.findall(r"^([\w-]+):", _run("dvc", "status", cwd=root), flags=re.M))
+    assert stale == {"evaluate", "register"}, stale
+    assert lock.count("knn_k") == (root / "dvc.lock").read_text().count("knn_k")
 
 
 @pytest.mark.slow
@@ -113,7 +159,7 @@ def test_dvc_repro_trains_in_two_processes_and_resumes_after_a_kill(tmp_path, ti
     assert _ran(_run("dvc", "repro", "pretrain", cwd=twin)) == {"pretrain"}  # uninterrupted
     expected = (twin / "models" / "encoder" / "weights.pt").read_bytes()
 
-    kill_at_first_checkpoint(["dvc", "repro", "pretrain"], root, env=_env())  # dvc, the stage and both workers
+    kill_at_first_checkpoint(["dvc", "repro", "pretrain"], root, env=_env(root))  # dvc, the stage and both workers
     killed_run = checkpoint_extra(next((root / ".sslpipe" / "checkpoints").glob("*.pt")))["run_id"]
     assert _ran(_run("dvc", "repro", "pretrain", cwd=root)) == {"pretrain"}
 

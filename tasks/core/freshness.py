@@ -24,6 +24,7 @@ names its resume checkpoint, so that a changed config starts afresh.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import hashlib
 import json
@@ -178,7 +179,8 @@ class Book:
         """The stage's params whose value in this run is not params.yaml's (``--set``)."""
         if self._declared is None:
             return list(stage.params)
-        return [name for name in stage.params if _param(self._used, name) != _param(self._declared, name)]
+        used, declared = _flat(self._used), _flat(self._declared)
+        return [key for key in used if any(key == name or key.startswith(f"{name}.") for name in stage.params) and used[key] != declared.get(key)]
 
     def stale_reason(self, stage: Stage) -> str | None:
         """None when DVC says the stage is up to date, else why it must run."""
@@ -188,41 +190,80 @@ class Book:
         if overridden:
             return f"--set {', '.join(overridden)} differs from params.yaml (not recorded in dvc.lock)"
         try:
-            status = self._repo(lambda repo: repo.status(targets=[stage.name]))
+            status = self._repo(lambda repo: repo.status(targets=[self._target(stage)]))
         except Exception as err:  # noqa: BLE001 - any DVC fault: run the stage, which is never wrong
             return f"DVC cannot tell ({type(err).__name__}: {err})"
-        return describe_status(status.get(stage.name, [])) if status else None
+        return describe_status(next(iter(status.values())), self.root) if status else None
 
     def record(self, stage: Stage) -> bool:
         """Record the finished stage in dvc.lock as ``dvc repro`` would; False when it is not recorded."""
         if not self.enabled or self.overridden(stage):
             return False
         try:
-            self._repo(lambda repo: repo.commit(stage.name, force=True))
+            self._repo(lambda repo: repo.commit(self._target(stage), force=True))
         except Exception as err:  # noqa: BLE001 - the stage's outputs are written: say why DVC did not record them
-            log.warning("%s: not recorded in dvc.lock (%s: %s); `dvc commit %s` records it", stage.name, type(err).__name__, err, stage.name)
+            log.warning(
+                "%s: not recorded in dvc.lock (%s: %s); `dvc commit %s` records it", stage.name, type(err).__name__, err, stage.name
+            )
             return False
         return True
+
+    def _target(self, stage: Stage) -> str:
+        # DVC resolves a bare stage name against the current directory, not the repo it was given.
+        return f"{self.root / 'dvc.yaml'}:{stage.name}"
 
     def _repo(self, action):
         from dvc.repo import Repo
 
         # A fresh Repo per call: it reads dvc.yaml and dvc.lock as they are now, after earlier records.
-        with Repo(str(self.root)) as repo:
+        # DVC resolves some paths against the working directory, so it is the root meanwhile.
+        with contextlib.chdir(self.root), _quiet("dvc"), Repo(str(self.root)) as repo:
             return action(repo)
 
 
-def describe_status(changes: list) -> str:
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"augment": {"flip_p": 0.5}}`` -> ``{"augment.flip_p": 0.5}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def describe_status(changes: list, root: Path | None = None) -> str:
     """DVC's status entry of one stage, as a short reason: ``changed deps: ssl_models/methods/mae.py``."""
+
+    def short(path: str) -> str:
+        for base in (root, REPO):
+            if base is not None and path.startswith(f"{base}/"):
+                return path[len(str(base)) + 1 :]
+        return path
+
     parts = []
     for change in changes:
         if isinstance(change, str):
             parts.append(change)
             continue
         for kind, paths in change.items():
-            named = [f"{path} ({what})" if what != "modified" else path for path, what in (paths.items() if isinstance(paths, dict) else ())]
+            named = [
+                f"{path} ({what})" if what != "modified" else path for path, what in (paths.items() if isinstance(paths, dict) else ())
+            ]
             parts.append(f"{kind}: {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}" if named else kind)
     return "; ".join(parts) or "changed"
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """DVC's own info lines ("Updating lock file") stay out of the pipeline's output."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dvc_project(root: Path) -> bool:
@@ -235,7 +276,8 @@ def _dvc_project(root: Path) -> bool:
             from dvc.repo import Repo
 
             # Without its own git repo, DVC runs without one (`dvc exp` needs git: `git init` first).
-            Repo.init(str(root), no_scm=not (root / ".git").exists(), subdir=False).close()
+            with _quiet("dvc"):
+                Repo.init(str(root), no_scm=not (root / ".git").exists(), subdir=False).close()
             log.info("initialised DVC in %s: dvc.lock keeps the record of which stages are up to date", root)
         declared = dvc_yaml(root)
         path = root / "dvc.yaml"
@@ -243,6 +285,8 @@ def _dvc_project(root: Path) -> bool:
             write_text(path, declared)
             log.info("%s: written from the declared stages", path)
     except Exception as err:  # noqa: BLE001 - the pipeline still runs; it only cannot skip what is up to date
-        log.warning("%s is not a DVC project and cannot be made one (%s: %s): every stage runs, none is recorded", root, type(err).__name__, err)
+        log.warning(
+            "%s is not a DVC project and cannot be made one (%s: %s): every stage runs, none is recorded", root, type(err).__name__, err
+        )
         return False
     return True

@@ -1,19 +1,17 @@
-"""Augment stage: check the view policy on real images and draw a preview grid.
-
-Views are made on the fly during pretraining (on the training device), so this stage
-writes no data: it proves the policy behaves and shows it, as
-``reports/augment_preview.png`` (rows: original, view 1, view 2).
-"""
+"""The image part of augment: the view policy checked on real images, and a preview grid
+(rows: original, view 1, view 2)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from ssl_models.augment import ViewPolicy
 from tasks.core.context import StageContext
 from tasks.core.plots import augment_preview
+from tasks.core.results import Prepared
 from tasks.image.prepared import preview_images
-from tasks.core.results import Prepared, Preview
 
 
 class AugmentPolicyError(ValueError):
@@ -35,13 +33,10 @@ def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
     return views
 
 
-def augment(ctx: StageContext, prepared: Prepared) -> Preview:
-    """Check the policy on the first training images; save and log ``reports/augment_preview.png``
-    (rows: original, view 1, view 2)."""
+def preview(ctx: StageContext, prepared: Prepared, path: Path) -> Path:
+    """Check the policy on the first training images; draw them and their views to ``path``."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.pretrain.seed)
     images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
     views = check_views(cfg.augment.policy(cfg.data.image_size), images)
-    out = augment_preview(images, views[: len(images)], views[len(images) :], ctx.layout.augment_preview)
-    ctx.tracker.log_artifact(out, "augment")
-    return Preview(str(out))
+    return augment_preview(images, views[: len(images)], views[len(images) :], path)

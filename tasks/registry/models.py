@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import ssl_models
-from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE
+from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_image.py")
 TEXT_PYFUNC_CODE = Path(__file__).with_name("pyfunc_text.py")
@@ -203,3 +203,15 @@ def version_description(decision: str, table: str, lines: dict[str, str] | None 
 def describe_version(client, name: str, version: str | int, text: str) -> None:
     """Set the description shown on the model version's page."""
     client.update_model_version(name, str(version), description=text)
+
+
+def load_registered_encoder(uri: str = "models:/ssl-encoder@champion", root: Path | None = None, experiment: str = "ssl-pipeline") -> Encoder:
+    """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and rebuild the encoder, weights only."""
+    import mlflow
+
+    from ssl_models.encoder import load_encoder
+    from tasks.registry.tracking import use_store
+
+    use_store(root or Path.cwd(), experiment)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    return load_encoder(weights_dir(local))

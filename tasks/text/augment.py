@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ssl_models.methods.mlm import bert_masking
 from ssl_models.text import PAD_ID
 from tasks.core.context import StageContext
 from tasks.core.plots import masking_preview
-from tasks.core.results import Prepared, Preview
+from tasks.core.results import Prepared
 from tasks.text.model import build_mlm
 from tasks.text.tokens import load_token_shards, load_tokenizer
 
@@ -17,8 +19,8 @@ class MaskingPolicyError(ValueError):
     """BERT's masking produced something training must not see."""
 
 
-def augment(ctx: StageContext, prepared: Prepared) -> Preview:
-    """Check BERT's masking on the first documents and draw it (reports/augment_preview.png).
+def preview(ctx: StageContext, prepared: Prepared, path: Path) -> Path:
+    """Check BERT's masking on the first documents and draw it to ``path``.
 
     Text has no views: the "augmentation" of MLM is the masking, so this stage proves it
     selects real tokens only (never [PAD], [CLS], [SEP]) at about ``mask_prob``, and shows it.
@@ -47,7 +49,4 @@ def augment(ctx: StageContext, prepared: Prepared) -> Preview:
         return " ".join(pieces)
 
     rows = [(show(ids[i]), show(corrupted[i], selected[i])) for i in range(min(cfg.augment.preview_images, len(ids)))]
-    out = masking_preview(rows, ctx.layout.augment_preview, f"MLM preview: {share:.1%} of the tokens selected (mask_prob {method.mask_prob:.0%})")
-    ctx.tracker.log_artifact(out, "augment")
-    return Preview(str(out))
-
+    return masking_preview(rows, path, f"MLM preview: {share:.1%} of the tokens selected (mask_prob {method.mask_prob:.0%})")

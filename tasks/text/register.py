@@ -1,4 +1,4 @@
-"""The text part of register: the encoder (weights, config, tokenizer) as ``register.text_model_name``."""
+"""The text part of register: the encoder (weights, config, tokenizer) as ``register.text_model_name``, a pyfunc taking strings."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import torch
 
 from ssl_models.text import TOKENIZER_FILE, load_text_encoder
 from tasks.core.context import StageContext
-from tasks.core.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
+from tasks.core.results import Prepared, Pretrained, file_sha256
 from tasks.registry.models import log_text_encoder_model, weights_dir
-from tasks.registry.registration import check_scores_belong, lineage_tags, record_registration, register_version_and_gate
-from tasks.registry.tracking import use_store
 from tasks.text.features import text_probe_accuracy
 from tasks.text.tokens import encode, load_labeled_texts, load_labeled_tokens, load_tokenizer
 
@@ -30,15 +28,18 @@ def _text_champion_rescorer(ctx: StageContext, labeled_dir: str):
     return rescore
 
 
-def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation) -> Registered:
-    """Log the text encoder (weights, config, tokenizer) as ``register.text_model_name``; the gate among text encoders."""
-    cfg = ctx.cfg
-    check_scores_belong(pretrained, evaluation)
-    name = cfg.model_name("text")
-    tags = lineage_tags(ctx, prepared, pretrained, evaluation, "text") | {"tokenizer_sha256": file_sha256(Path(pretrained.encoder_dir) / TOKENIZER_FILE)}
-    use_store(ctx.layout.root, cfg.register.experiment)
-    example = load_labeled_texts(prepared.labeled)["test_texts"][:2]  # a real input example: two evaluation documents
-    model_id = log_text_encoder_model(pretrained.encoder_dir, name, pretrained.run_id, tags, example)
-    version, decision = register_version_and_gate(ctx.layout.root, cfg, name, model_id, tags, _text_champion_rescorer(ctx, prepared.labeled))
-    return record_registration(ctx, name, version, decision, prepared, pretrained, evaluation)
+def model_name(cfg) -> str:
+    return cfg.register.text_model_name
 
+
+def extra_tags(pretrained: Pretrained) -> dict[str, str]:
+    return {"tokenizer_sha256": file_sha256(Path(pretrained.encoder_dir) / TOKENIZER_FILE)}
+
+
+def log_model(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, name: str, tags: dict[str, str]) -> str:
+    """The text encoder (weights, config, tokenizer) as a pyfunc taking strings."""
+    example = load_labeled_texts(prepared.labeled)["test_texts"][:2]  # a real input example: two evaluation documents
+    return log_text_encoder_model(pretrained.encoder_dir, name, pretrained.run_id, tags, example)
+
+
+champion_rescorer = _text_champion_rescorer

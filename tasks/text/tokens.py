@@ -69,13 +69,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 8000, min_frequency:
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace(prepend_scheme="always")]
     )
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
         raise RuntimeError("the tokenizer did not put the special tokens first")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)]
-    )
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
     tokenizer.enable_truncation(max_length=max_len)
     tokenizer.enable_padding(pad_id=PAD_ID, pad_token="[PAD]", length=max_len)
     return tokenizer
@@ -180,7 +180,13 @@ def ingest_text_unlabeled(
         for shards, start in enumerate(range(0, len(ids), shard_size), start=1):
             np.save(tmp / SHARD_PATTERN.format(shards - 1), ids[start : start + shard_size])
         _manifest(documents, tmp / "manifest.csv")
-        meta = {"documents": len(ids), "max_len": max_len, "vocab_size": tokenizer.get_vocab_size(), "shards": shards, "full_rows": truncated}
+        meta = {
+            "documents": len(ids),
+            "max_len": max_len,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "shards": shards,
+            "full_rows": truncated,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _publish(tmp, out_dir)
     finally:
@@ -276,7 +282,13 @@ def ingest_text(
     counts = {"unlabeled": meta["documents"]}
     if labeled is not None:
         split = ingest_text_labeled(
-            labeled, labeled_out, unlabeled_out, table("labeled"), test_fraction=test_fraction, text_columns=text_columns, label_column=label_column
+            labeled,
+            labeled_out,
+            unlabeled_out,
+            table("labeled"),
+            test_fraction=test_fraction,
+            text_columns=text_columns,
+            label_column=label_column,
         )
         counts |= {f"labeled_{k}": v for k, v in split.items()}
     return counts

@@ -1,13 +1,14 @@
-"""The declared stage list: dvc.yaml comes from it, code deps are found from the imports,
-no stage imports another, and a stage is stale exactly when what it depends on changed."""
+"""The declared stage list: dvc.yaml comes from it, a stage's code deps are the code its shell
+and its parts run (never another stage's), and no stage imports another.
+(What DVC then says is stale: tests/tasks/core/test_freshness.py, tests/test_dvc_pipeline.py.)"""
 
 import ast
-import json
+import inspect
 
 import yaml
 
-from tasks.core.config import load_config
-from tasks.stages import PIPELINE, STAGES, code_deps, dvc_yaml, mark_done, stale_reason
+from tasks.core.freshness import code_deps, stage_code_deps
+from tasks.stages import MODALITIES, PIPELINE, STAGES, dvc_yaml
 from tests.conftest import REPO
 
 STAGE_MODULES = {module for stage in PIPELINE for module in stage.modules} | {"tasks.finetune"}
@@ -30,15 +31,45 @@ def test_git_keeps_exactly_the_outs_dvc_does_not_cache():
     assert {path for path, cache in outs if cache} - ignored == set(), ".gitignore lets in an out DVC caches"
 
 
+def _file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
 def test_code_deps_follow_the_imports():
-    pretrain = code_deps("tasks.pretrain")
-    assert {"tasks/pretrain.py", "tasks/image/prepared.py", "ssl_models/training.py", "ssl_models/methods/simclr.py", "ssl_models/augment.py"} <= set(pretrain)
-    ingest = code_deps("tasks.ingest")
-    assert {"tasks/ingest.py", "tasks/image/prepared.py", "tasks/image/imaging.py", "tasks/image/sources.py", "tasks/core/atomic.py"} <= set(ingest)
-    # The config's own imports (the SSL methods) are not followed: a method change reruns pretrain, not ingest.
-    assert not any(path.startswith("ssl_models/methods") for path in ingest + code_deps("tasks.validate"))
-    register = code_deps("tasks.register")
+    pretrain = stage_code_deps(STAGES["pretrain"])
+    assert {"tasks/pretrain.py", "tasks/image/pretrain.py", "tasks/text/pretrain.py", "tasks/image/prepared.py", "ssl_models/training.py"} <= set(pretrain)
+    assert {"ssl_models/methods/simclr.py", "ssl_models/methods/mae.py", "ssl_models/methods/mlm.py", "ssl_models/augment.py"} <= set(pretrain)
+    ingest = stage_code_deps(STAGES["ingest"])
+    assert {"tasks/ingest.py", "tasks/image/ingest.py", "tasks/image/prepared.py", "tasks/image/imaging.py", "tasks/text/tokens.py", "tasks/core/atomic.py"} <= set(ingest)
+    register = stage_code_deps(STAGES["register"])
     assert {"tasks/registry/promotion.py", "tasks/evaluation/scoring.py", "ssl_models/evaluation.py"} <= set(register)
+
+
+def test_a_stage_depends_on_no_code_it_cannot_run():
+    """Another stage's shell or parts, or the training and SSL methods for the data stages, in a
+    stage's deps would rerun it for nothing (an SSL method's change re-validating the data)."""
+    for stage in PIPELINE:
+        others = {_file(module) for other in PIPELINE if other is not stage for module in other.modules}
+        deps = set(stage_code_deps(stage))
+        assert not deps & others, f"{stage.name} depends on {sorted(deps & others)}"
+        assert {_file(module) for module in stage.modules} <= deps
+    for name in ("validate", "ingest"):
+        deps = stage_code_deps(STAGES[name])
+        assert not [path for path in deps if path.startswith("ssl_models/methods/") or path in ("ssl_models/training.py", "tasks/registry/promotion.py")], name
+    # The config's own imports (the SSL methods) are not followed: a method change reruns pretrain, not ingest.
+    assert "ssl_models/methods/mae.py" not in code_deps("tasks.core.config")
+
+
+def test_each_stage_has_a_part_per_modality_behind_one_shell():
+    generated = yaml.safe_load(dvc_yaml())["stages"]
+    for stage in PIPELINE:
+        assert set(stage.parts) == set(MODALITIES)
+        shell = stage.load()
+        assert list(inspect.signature(shell).parameters)[1:] == list(stage.inputs), stage.name
+        assert inspect.signature(shell).return_annotation == stage.result
+        for modality in MODALITIES:
+            assert stage.part(modality).__name__ == f"tasks.{modality}.{stage.name}"
+            assert _file(stage.parts[modality]) in generated[stage.name]["deps"]
 
 
 def test_no_stage_module_imports_another_stage_module():
@@ -51,37 +82,3 @@ def test_no_stage_module_imports_another_stage_module():
             elif isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
         assert not (imported & (STAGE_MODULES - {module})), f"{module} imports {imported & STAGE_MODULES}"
-
-
-def test_a_stage_is_stale_when_its_params_inputs_or_outputs_change(tmp_path):
-    cfg = load_config(None)
-    stage = STAGES["augment"]
-    (tmp_path / "data" / "prepared" / "unlabeled").mkdir(parents=True)
-    (tmp_path / "data" / "prepared" / "unlabeled" / "images.npy").write_bytes(b"one")
-    preview = tmp_path / "reports" / "augment_preview.png"
-    preview.parent.mkdir()
-    preview.write_bytes(b"png")
-    assert stale_reason(stage, tmp_path, cfg) == "never run here"
-    mark_done(stage, tmp_path, cfg)
-    assert stale_reason(stage, tmp_path, cfg) is None
-    assert stale_reason(stage, tmp_path, load_config(None, ["pretrain.epochs=3"])) is None  # not one of its params
-    assert "changed" in stale_reason(stage, tmp_path, load_config(None, ["augment.flip_p=0.1"]))
-    (tmp_path / "data" / "prepared" / "unlabeled" / "images.npy").write_bytes(b"two")
-    assert "changed" in stale_reason(stage, tmp_path, cfg)
-    mark_done(stage, tmp_path, cfg)
-    preview.unlink()
-    assert "reports/augment_preview.png" in stale_reason(stage, tmp_path, cfg)
-    record = json.loads((tmp_path / ".sslpipe" / "stages" / "augment.json").read_text())
-    assert set(record) == {"inputs", "out:reports/augment_preview.png"}
-
-
-def test_each_stage_has_a_text_function_with_the_same_result_and_both_codes_in_dvc_yaml():
-    import inspect
-
-    generated = yaml.safe_load(dvc_yaml())["stages"]
-    for stage in PIPELINE:
-        image, text = stage.load("image"), stage.load("text")
-        assert image is not text and text.__module__ == "tasks.text.pipeline"
-        assert inspect.signature(text).return_annotation == inspect.signature(image).return_annotation == stage.result
-        deps = generated[stage.name]["deps"]
-        assert f"{stage.module.replace('.', '/')}.py" in deps and "tasks/text/pipeline.py" in deps
