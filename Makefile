@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup run run-text test repro mlflow-ui prefect-ui clean
+.PHONY: setup run run-text lint test repro mlflow-ui prefect-ui clean
 
 # Create the venv if missing and install the project (re-installs when pyproject.toml changes).
 $(STAMP): pyproject.toml
@@ -32,8 +32,12 @@ TEXT_DEMO := --data data/sample/news.csv.gz --eval-data data/sample/news_labeled
 run-text: setup
 	$(BIN)/sslpipe run $(TEXT_DEMO) $(ARGS)
 
-## The test suite, on real Prefect, MLflow, GX and DVC.
-test: setup
+## Lint and format check (ruff, at pyproject's line length), then the test suite on real Prefect, MLflow, GX and DVC.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The same stages through DVC.

@@ -111,7 +111,7 @@ def _git_commit(root: Path, message: str) -> None:
 
 
 def _sslpipe_ran(output: str) -> set[str]:
-    return set(re.findall(r"^([\w-]+): running", output, flags=re.M))
+    return set(re.findall(r"sslpipe: ([\w-]+): running", output))
 
 
 def test_sslpipe_run_and_dvc_keep_one_book(tmp_path, tiny_data, mlflow_store):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
@@ -277,6 +277,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = FinetuneConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _modality: Literal["image", "text"] | None = PrivateAttr(None)  # decided by load_config
 
     # "validate" and "register" are names pydantic's BaseModel already uses, so those
     # sections are stored as validate_ / register_ and read through these properties.
@@ -299,10 +300,13 @@ class PipelineConfig(Section):
 
     def modality(self, root: str | Path = ".", source: str | None = None) -> Literal["image", "text"]:
         """The modality follows the source (``data.unlabeled`` unless another is given): text for a
-        .txt/.jsonl/.csv(.gz) file or a folder of .txt files, else images."""
+        .txt/.jsonl/.csv(.gz) file or a folder of .txt files, else images. Decided once for
+        ``data.unlabeled`` when the config is loaded (:func:`load_config`), then carried along."""
         from tasks.core.layout import Layout
         from tasks.text.sources import is_text_source
 
+        if source is None and self._modality is not None:
+            return self._modality
         return "text" if is_text_source(Layout.at(root).source(source or self.data.unlabeled)) else "image"
 
     def model_name(self, modality: str) -> str:
@@ -401,7 +405,9 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
     except ValidationError as err:
         raise ConfigError(f"{path or 'config'}: {_problems(err)}") from None
     # Relative data paths are relative to the project root, where params.yaml lives.
-    check_modality(cfg, Path(path).parent if path is not None else Path.cwd())
+    root = Path(path).parent if path is not None else Path.cwd()
+    check_modality(cfg, root)
+    cfg._modality = cfg.modality(root)
     return cfg
 
 
