@@ -35,8 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS  # noqa: E402
 from ssl_models.augment import ViewPolicy  # noqa: E402
-from ssl_models.distributed import launch, world, wrap_for_training  # noqa: E402
+from ssl_models.distributed import world, wrap_for_training  # noqa: E402
 from ssl_models.encoder import Encoder  # noqa: E402
+from ssl_models.launch import launch  # noqa: E402
 from ssl_models.methods import build_method, default_backbone  # noqa: E402
 
 

@@ -251,7 +251,7 @@ def pretrain(
     epochs only. ``extra``: caller data stored in the checkpoint (read it back with
     :func:`checkpoint_extra`). ``rank`` / ``world_size``: this process's share of each
     global batch (see :class:`~ssl_models.data.EpochSampler`); they must be those of the
-    process group this process is in (:func:`ssl_models.distributed.launch` sets it up).
+    process group this process is in (:func:`ssl_models.launch.launch` sets it up).
     ``settings.batch_size`` is the global batch: each rank takes ``batch_size // world_size``
     images a step, and the learning rate follows the global batch, so a recipe means the
     same on any number of processes. Every rank draws its own views (seed + rank); only

@@ -11,7 +11,7 @@ the encoder an uninterrupted run would have given. A changed config gets a fresh
 The checkpoint is deleted once the encoder is written.
 
 **Several processes.** With ``pretrain.processes`` > 1 the stage starts that many training
-processes itself (``ssl_models.distributed.launch``: like torchrun, gloo on the CPU, NCCL on
+processes itself (``ssl_models.launch.launch``: like torchrun, gloo on the CPU, NCCL on
 GPUs), so ``sslpipe run``, the Prefect flow and ``dvc repro`` all get it; under torchrun it
 joins torchrun's processes instead. Every process runs :func:`_train` on its share of each
 global batch; rank 0 alone logs the epochs (into this stage's MLflow run, reopened by id in
@@ -30,8 +30,9 @@ import torch
 
 from ssl_models.augment import ViewPolicy
 from ssl_models.backbones import describe
-from ssl_models.distributed import is_main, launch
+from ssl_models.distributed import is_main
 from ssl_models.encoder import Encoder, save_encoder
+from ssl_models.launch import launch
 from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import EpochStats, TrainingDiverged, checkpoint_extra, pretrain as train
 from tasks.atomic import staged_dir, write_rows
