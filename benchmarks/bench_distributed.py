@@ -73,9 +73,7 @@ def train_steps(rank: int, world_size: int, cfg: dict) -> float:
 
 
 def lscpu() -> dict:
-    info = dict(
-        line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line
-    )
+    info = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line)
     return {
         "model_name": info.get("Model name", "?").strip(),
         "cpus": os.cpu_count(),

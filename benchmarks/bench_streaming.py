@@ -144,7 +144,11 @@ def main() -> None:
     root = Path("/tmp/sslpipe-bench")
     result = {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(), "torch": torch.__version__}
     try:
-        result["cpu_model"] = next(line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if "Model name" in line)
+        result["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if "Model name" in line
+        )
     except StopIteration:
         pass
     result["load_average_at_start"] = list(__import__("os").getloadavg())

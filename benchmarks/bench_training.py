@@ -37,7 +37,7 @@ def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int,
         torch.cuda.reset_peak_memory_stats()
 
     def step(i: int) -> None:
-        x = data[(i * batch) % len(data):][:batch].float().div_(255).contiguous(memory_format=torch.channels_last)
+        x = data[(i * batch) % len(data) :][:batch].float().div_(255).contiguous(memory_format=torch.channels_last)
         out = method.training_step(x)
         optimizer.zero_grad()
         out.loss.backward()

@@ -72,7 +72,9 @@ def knn(encoder: torch.nn.Module, device: torch.device) -> float:
     dev = extract("cifar10-dev")
     train_x, train_y = labeled_tensors(dev / "train")
     test_x, test_y = labeled_tensors(dev / "test")
-    return knn_accuracy(extract_features(encoder, train_x, device=device), train_y, extract_features(encoder, test_x, device=device), test_y)
+    return knn_accuracy(
+        extract_features(encoder, train_x, device=device), train_y, extract_features(encoder, test_x, device=device), test_y
+    )
 
 
 def ours(args: argparse.Namespace) -> dict:
@@ -168,7 +170,9 @@ def lightly(args: argparse.Namespace) -> dict:
 def machine(device: str) -> dict:
     if device.startswith("cuda"):
         return {"machine": torch.cuda.get_device_name()}
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?"
+    )
     return {"machine": f"cpu: {model}", "cores": os.cpu_count(), "load_average_at_end": os.getloadavg()}
 
 

@@ -41,7 +41,7 @@ IMAGENET_STEM_FROM = 96  # px: from this size on, ResNets use the ImageNet stem
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
-    """"auto" -> "cifar" below IMAGENET_STEM_FROM px, "imagenet" from it on."""
+    """ "auto" -> "cifar" below IMAGENET_STEM_FROM px, "imagenet" from it on."""
     if stem == "auto":
         return "imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar"
     if stem not in ("cifar", "imagenet"):

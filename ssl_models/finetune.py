@@ -169,7 +169,11 @@ def train_classifier(
 
 @torch.no_grad()
 def classifier_accuracy(
-    classifier: nn.Module, images: torch.Tensor | ImageSource, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512
+    classifier: nn.Module,
+    images: torch.Tensor | ImageSource,
+    labels: torch.Tensor,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
 ) -> float:
     """Top-1 accuracy on (N, 3, H, W) uint8 images (or an ImageSource), no augmentation."""
     predictions = extract_features(classifier, images, batch_size, device).argmax(1)  # logits, batch by batch

@@ -370,7 +370,9 @@ def _start_run(
     base_lr = settings.lr * batch_size * world_size / 256  # the lr follows the global batch
     optimizer = _make_optimizer(method, settings, base_lr)
     steps_per_epoch = len(sampler)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
+    )
     sampler.set_epoch(1)
     return _Run(
         method=method,
@@ -430,7 +432,14 @@ def _train_epoch(
     epoch = run.sampler.epoch
     run.method.train()
     sums = _EpochSums.resume(partial)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{run.settings.epochs}", disable=not progress, leave=False, initial=run.sampler.position, total=run.steps_per_epoch)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}/{run.settings.epochs}",
+        disable=not progress,
+        leave=False,
+        initial=run.sampler.position,
+        total=run.steps_per_epoch,
+    )
     for batch in bar:
         loss, embeddings = _train_step(run, training_step, batch, epoch)
         sums.add(loss, embeddings, run.batch_size)
@@ -446,7 +455,9 @@ def _train_epoch(
     return _epoch_stats(run, epoch, sums)
 
 
-def _train_step(run: _Run, training_step: Callable[[torch.Tensor], Any], batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_step(
+    run: _Run, training_step: Callable[[torch.Tensor], Any], batch: torch.Tensor, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on ``batch``; returns its loss (float32) and embeddings."""
     if run.prepare_batch is not None:  # e.g. token ids for text methods
         x = run.prepare_batch(batch)
@@ -536,7 +547,11 @@ def _save(run: _Run, partial: dict | None) -> None:
 def _check_fingerprint(path: Path, saved: dict | None, current: dict) -> None:
     if saved is None:
         raise CheckpointMismatch(f"{path}: an old-format checkpoint without settings; delete it to start over")
-    differences = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    differences = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
     if differences:
         raise CheckpointMismatch(
             f"{path}: the checkpoint was written by a run with other settings ({'; '.join(differences)}); "

@@ -79,4 +79,14 @@ def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any)
     return method_class(name)(encoder, views, **hparams)
 
 
-__all__ = ["METHODS", "TEXT_METHODS", "SSLMethod", "StepOutput", "build_method", "check_image_size", "default_backbone", "is_text_method", "method_class"]
+__all__ = [
+    "METHODS",
+    "TEXT_METHODS",
+    "SSLMethod",
+    "StepOutput",
+    "build_method",
+    "check_image_size",
+    "default_backbone",
+    "is_text_method",
+    "method_class",
+]
