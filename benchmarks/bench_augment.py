@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import load_sample, save_result  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
+from benchmarks.common import load_sample, save_result
+from ssl_models.augment import ViewPolicy
 
 
 def timed(fn, repeats: int = 5) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import save_result  # noqa: E402
+from benchmarks.common import save_result
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, save_result  # noqa: E402
+from benchmarks.common import ROOT, save_result
 
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette-dev.tar.gz"
 

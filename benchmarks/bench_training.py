@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import load_sample, save_result  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
-from ssl_models.encoder import Encoder  # noqa: E402
-from ssl_models.methods import METHODS, build_method, default_backbone  # noqa: E402
+from benchmarks.common import load_sample, save_result
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.methods import METHODS, build_method, default_backbone
 
 
 def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> dict:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, save_result  # noqa: E402
+from benchmarks.common import ROOT, save_result
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         shutil.copy(ROOT / "params.yaml", root / "params.yaml")
         cmd = [str(sslpipe), "run", "-q", "--root", str(root), "--data", args.data, "--eval-data", args.eval_data,
                "--set", f"pretrain.method={method}", "--set", f"pretrain.epochs={args.epochs}",
-               "--set", f"register.experiment=compare-methods"] + [x for o in args.overrides for x in ("--set", o)]  # fmt: skip
+               "--set", "register.experiment=compare-methods"] + [x for o in args.overrides for x in ("--set", o)]  # fmt: skip
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         minutes = (time.perf_counter() - started) / 60

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import save_result  # noqa: E402
+from benchmarks.common import save_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORK = Path("/tmp/sslpipe-simclr-bench")
@@ -127,7 +127,9 @@ class Files(torch.utils.data.Dataset):
     def __len__(self): return len(data)
     def __getitem__(self, i): return transform(load_image(data[i][0])), 0
 workers = min(8, os.cpu_count())
-loader = torch.utils.data.DataLoader(Files(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=cuda, persistent_workers=True)
+loader = torch.utils.data.DataLoader(
+    Files(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=cuda, persistent_workers=True
+)
 opt = torch.optim.SGD(model.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=5e-4)
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
 loss_fn = NTXentLoss(temperature=0.2)

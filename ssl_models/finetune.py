@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from ssl_models.augment import random_resized_crop
 from ssl_models.data import ImageSource, SubsetSource, as_source
 from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, encoder_from_weights
-from ssl_models.memory_format import training_memory_format
 from ssl_models.evaluation import extract_features
+from ssl_models.memory_format import training_memory_format
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,9 @@ class TrainSettings:
 # Settings that change neither the result nor the data order: a run may resume with others.
 _RESUMABLE_ACROSS = ("prefetch_batches", "checkpoint_every_steps")
 
+# What the loop calls with a batch: ``method.training_step``, or the DDP module that runs it.
+_TrainingStep = Callable[[torch.Tensor], Any]
+
 
 @dataclass(frozen=True)
 class EpochStats:
@@ -370,9 +373,8 @@ def _start_run(
     base_lr = settings.lr * batch_size * world_size / 256  # the lr follows the global batch
     optimizer = _make_optimizer(method, settings, base_lr)
     steps_per_epoch = len(sampler)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
-    )
+    warmup_steps, total_steps = settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup_steps, total_steps))
     sampler.set_epoch(1)
     return _Run(
         method=method,
@@ -425,21 +427,15 @@ def _resume(run: _Run) -> dict | None:
 
 
 def _train_epoch(
-    run: _Run, training_step: Callable[[torch.Tensor], Any], loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
+    run: _Run, training_step: _TrainingStep, loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
 ) -> EpochStats:
     """The rest of the current epoch (all of it unless resumed mid-epoch) and its stats;
     the checkpoints every ``checkpoint_every_steps`` steps, and on Ctrl-C, included."""
     epoch = run.sampler.epoch
     run.method.train()
     sums = _EpochSums.resume(partial)
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch}/{run.settings.epochs}",
-        disable=not progress,
-        leave=False,
-        initial=run.sampler.position,
-        total=run.steps_per_epoch,
-    )
+    desc = f"epoch {epoch}/{run.settings.epochs}"
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, initial=run.sampler.position, total=run.steps_per_epoch)
     for batch in bar:
         loss, embeddings = _train_step(run, training_step, batch, epoch)
         sums.add(loss, embeddings, run.batch_size)
@@ -455,9 +451,7 @@ def _train_epoch(
     return _epoch_stats(run, epoch, sums)
 
 
-def _train_step(
-    run: _Run, training_step: Callable[[torch.Tensor], Any], batch: torch.Tensor, epoch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_step(run: _Run, training_step: _TrainingStep, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on ``batch``; returns its loss (float32) and embeddings."""
     if run.prepare_batch is not None:  # e.g. token ids for text methods
         x = run.prepare_batch(batch)

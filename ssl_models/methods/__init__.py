@@ -70,7 +70,7 @@ def check_image_size(name: str, image_size: int, backbone: str = "auto", **hpara
         method = build_method(name, encoder, ViewPolicy(size=image_size), **hparams)
         with torch.no_grad():
             method.training_step(torch.rand(2, 3, image_size, image_size))
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure of the trial step: re-raised, with its message
         raise ValueError(f"method {name!r} with backbone {backbone!r} cannot train on {image_size} px images: {err}") from None
 
 

@@ -240,7 +240,7 @@ def test_launch_raises_a_workers_failure_and_leaves_no_worker_running():
     with pytest.raises(WorkerFailed, match=r"(?s)rank 1 of 2.*ValueError: rank one refuses"):
         launch(fail_on_rank_one, 2)
     assert _worker_children() == []
-    with pytest.raises(ValueError, match="^rank one refuses$"):  # an expected fault: raised as it is
+    with pytest.raises(ValueError, match=r"^rank one refuses$"):  # an expected fault: raised as it is
         launch(fail_on_rank_one, 2, expected=(ValueError,))
     assert _worker_children() == []
 

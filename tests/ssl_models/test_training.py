@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ssl_models.augment import ViewPolicy
+from ssl_models.data import TensorImages
 from ssl_models.encoder import Encoder
 from ssl_models.methods import build_method
-from ssl_models.data import TensorImages
 from ssl_models.training import (
     CheckpointMismatch,
     EpochStats,
