@@ -74,7 +74,7 @@ class TrainSettings:
 _RESUMABLE_ACROSS = ("prefetch_batches", "checkpoint_every_steps")
 
 # What the loop calls with a batch: ``method.training_step``, or the DDP module that runs it.
-_TrainingStep = Callable[[torch.Tensor], Any]
+_StepFn = Callable[[torch.Tensor], Any]
 
 
 @dataclass(frozen=True)
@@ -427,7 +427,7 @@ def _resume(run: _Run) -> dict | None:
 
 
 def _train_epoch(
-    run: _Run, training_step: _TrainingStep, loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
+    run: _Run, training_step: _StepFn, loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
 ) -> EpochStats:
     """The rest of the current epoch (all of it unless resumed mid-epoch) and its stats;
     the checkpoints every ``checkpoint_every_steps`` steps, and on Ctrl-C, included."""
@@ -451,7 +451,7 @@ def _train_epoch(
     return _epoch_stats(run, epoch, sums)
 
 
-def _train_step(run: _Run, training_step: _TrainingStep, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_step(run: _Run, training_step: _StepFn, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on ``batch``; returns its loss (float32) and embeddings."""
     if run.prepare_batch is not None:  # e.g. token ids for text methods
         x = run.prepare_batch(batch)
