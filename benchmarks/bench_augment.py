@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import load_sample, save_result  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
+from benchmarks.common import load_sample, save_result
+from ssl_models.augment import ViewPolicy
 
 
 def timed(fn, repeats: int = 5) -> float:
@@ -39,13 +39,15 @@ def main() -> None:
     policy = ViewPolicy()
     batched = timed(lambda: (policy(batch), policy(batch)))
 
-    per_image = T.Compose([
-        T.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(0.2),
-        T.ToDtype(torch.float32, scale=True),
-    ])
+    per_image = T.Compose(
+        [
+            T.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(0.2),
+            T.ToDtype(torch.float32, scale=True),
+        ]
+    )
     looped = timed(lambda: [(per_image(img), per_image(img)) for img in images])
     result = {
         "images": len(images),

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import save_result  # noqa: E402
+from benchmarks.common import save_result
 
 
 def main() -> None:
@@ -40,7 +40,9 @@ def main() -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    eager = build_method("simclr", Encoder("resnet18_cifar", {"width": args.width, "image_size": args.size}, args.size), recipe_for_size(args.size))
+    eager = build_method(
+        "simclr", Encoder("resnet18_cifar", {"width": args.width, "image_size": args.size}, args.size), recipe_for_size(args.size)
+    )
     eager = eager.to(device).to(memory_format=torch.channels_last)
     compiled = copy.deepcopy(eager)
     compile_method(compiled)

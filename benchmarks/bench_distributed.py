@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
-from ssl_models.distributed import launch, world, wrap_for_training  # noqa: E402
-from ssl_models.encoder import Encoder  # noqa: E402
-from ssl_models.methods import build_method, default_backbone  # noqa: E402
+from benchmarks.common import RESULTS
+from ssl_models.augment import ViewPolicy
+from ssl_models.distributed import world, wrap_for_training
+from ssl_models.encoder import Encoder
+from ssl_models.launch import launch
+from ssl_models.methods import build_method, default_backbone
 
 
 def train_steps(rank: int, world_size: int, cfg: dict) -> float:
@@ -72,9 +73,7 @@ def train_steps(rank: int, world_size: int, cfg: dict) -> float:
 
 
 def lscpu() -> dict:
-    info = dict(
-        line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line
-    )
+    info = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line)
     return {
         "model_name": info.get("Model name", "?").strip(),
         "cpus": os.cpu_count(),

@@ -30,7 +30,14 @@ def run(args: argparse.Namespace) -> dict:
     from ssl_models.training import TrainSettings, pretrain
     from tasks.core.config import EvaluateConfig
     from tasks.text.features import evaluate_text_encoders, label_efficiency
-    from tasks.text.tokens import continuation_ids, ingest_text_labeled, ingest_text_unlabeled, load_labeled_tokens, load_token_shards, load_tokenizer
+    from tasks.text.tokens import (
+        continuation_ids,
+        ingest_text_labeled,
+        ingest_text_unlabeled,
+        load_labeled_tokens,
+        load_token_shards,
+        load_tokenizer,
+    )
 
     torch.set_num_threads(args.threads)
     seconds: dict[str, float] = {}
@@ -50,7 +57,9 @@ def run(args: argparse.Namespace) -> dict:
 
         started, cpu_started = time.perf_counter(), time.process_time()
         table = (lambda n: root / "validation" / f"{n}_table.csv") if not args.skip_validation else (lambda n: None)
-        meta = ingest_text_unlabeled(args.unlabeled, root / "unlabeled", table("unlabeled"), vocab_size=args.vocab_size, max_len=args.max_len)
+        meta = ingest_text_unlabeled(
+            args.unlabeled, root / "unlabeled", table("unlabeled"), vocab_size=args.vocab_size, max_len=args.max_len
+        )
         counts = ingest_text_labeled(args.labeled, root / "labeled", root / "unlabeled", table("labeled"), test_fraction=args.test_fraction)
         seconds["ingest"], cpu_seconds["ingest"] = time.perf_counter() - started, time.process_time() - cpu_started
 
@@ -61,8 +70,15 @@ def run(args: argparse.Namespace) -> dict:
         pieces = continuation_ids(load_tokenizer(root / "unlabeled")) if args.whole_word else ()
         method = MLM(encoder, mask_prob=args.mask_prob, whole_word=args.whole_word, continuation_ids=pieces)
         settings = TrainSettings(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_epochs=1, optimizer="adamw", seed=args.seed
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=0.01,
+            warmup_epochs=1,
+            optimizer="adamw",
+            seed=args.seed,
         )
+
         def report_epoch(stats) -> None:
             print(f"epoch {stats.epoch}: loss {stats.loss:.3f}, {stats.images_per_s:.0f} docs/s", file=sys.stderr, flush=True)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, save_result  # noqa: E402
+from benchmarks.common import ROOT, save_result
 
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette-dev.tar.gz"
 
@@ -59,10 +59,28 @@ def measured(command: list[str], env: dict) -> dict:
 
 def stages(folder: Path, size: int, root: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
-    common = ["--root", str(root), "-q", "--data", str(folder), "--set", f"data.image_size={size}", "--set", "validate.allow_duplicates=true"]
+    common = [
+        "--root",
+        str(root),
+        "-q",
+        "--data",
+        str(folder),
+        "--set",
+        f"data.image_size={size}",
+        "--set",
+        "validate.allow_duplicates=true",
+    ]
     cli = [sys.executable, "-m", "flows.cli"]
     result = {"validate": measured([*cli, "validate", *common], env), "ingest": measured([*cli, "ingest", *common], env)}
-    read = [sys.executable, str(ROOT / "benchmarks" / "bench_streaming.py"), "--batch", "64", "--one", "read", str(root / "data" / "prepared" / "unlabeled")]
+    read = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_streaming.py"),
+        "--batch",
+        "64",
+        "--one",
+        "read",
+        str(root / "data" / "prepared" / "unlabeled"),
+    ]
     result["pretrain_data_epoch"] = measured(read, env)
     return result
 

@@ -15,6 +15,7 @@ Results: benchmarks/results/streaming-cpu.json (machine in it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import save_result  # noqa: E402
+from benchmarks.common import save_result
 
 CIFAR = Path("/work/shared/data/cifar10-train.tar.gz")
 EXTRACTED = Path("/tmp/sslpipe-bench/cifar10-train")
@@ -143,10 +144,12 @@ def main() -> None:
         return
     root = Path("/tmp/sslpipe-bench")
     result = {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        result["cpu_model"] = next(line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if "Model name" in line)
-    except StopIteration:
-        pass
+    with contextlib.suppress(StopIteration):
+        result["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if "Model name" in line
+        )
     result["load_average_at_start"] = list(__import__("os").getloadavg())
     for scale in (1, 4):
         n = args.images * scale

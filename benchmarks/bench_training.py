@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import load_sample, save_result  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
-from ssl_models.encoder import Encoder  # noqa: E402
-from ssl_models.methods import METHODS, build_method, default_backbone  # noqa: E402
+from benchmarks.common import load_sample, save_result
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.methods import METHODS, build_method, default_backbone
 
 
 def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> dict:
@@ -37,7 +37,7 @@ def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int,
         torch.cuda.reset_peak_memory_stats()
 
     def step(i: int) -> None:
-        x = data[(i * batch) % len(data):][:batch].float().div_(255).contiguous(memory_format=torch.channels_last)
+        x = data[(i * batch) % len(data) :][:batch].float().div_(255).contiguous(memory_format=torch.channels_last)
         out = method.training_step(x)
         optimizer.zero_grad()
         out.loss.backward()

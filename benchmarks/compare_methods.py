@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, save_result  # noqa: E402
+from benchmarks.common import ROOT, save_result
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         shutil.copy(ROOT / "params.yaml", root / "params.yaml")
         cmd = [str(sslpipe), "run", "-q", "--root", str(root), "--data", args.data, "--eval-data", args.eval_data,
                "--set", f"pretrain.method={method}", "--set", f"pretrain.epochs={args.epochs}",
-               "--set", f"register.experiment=compare-methods"] + [x for o in args.overrides for x in ("--set", o)]  # fmt: skip
+               "--set", "register.experiment=compare-methods"] + [x for o in args.overrides for x in ("--set", o)]  # fmt: skip
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         minutes = (time.perf_counter() - started) / 60
@@ -62,14 +62,18 @@ def main() -> None:
             f"{name}_{key}": metrics[name][key] for name in ("ssl", "random_init") for key in ("linear_probe_acc", "knn_acc")}}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    save_result("methods", {"epochs": args.epochs, "data": args.data, "eval_data": args.eval_data, "overrides": args.overrides, "rows": rows})
+    save_result(
+        "methods", {"epochs": args.epochs, "data": args.data, "eval_data": args.eval_data, "overrides": args.overrides, "rows": rows}
+    )
     print("\n| method | linear probe | kNN | random-init probe | random-init kNN | loss first → last | minutes |")
     for r in rows:
         if "failed" in r:
             print(f"| {r['method']} | failed | | | | | |")
             continue
-        print(f"| {r['method']} | {r['ssl_linear_probe_acc']:.3f} | {r['ssl_knn_acc']:.3f} | {r['random_init_linear_probe_acc']:.3f} | "
-              f"{r['random_init_knn_acc']:.3f} | {r['first_loss']:.3f} → {r['last_loss']:.3f} | {r['minutes']:.1f} |")
+        print(
+            f"| {r['method']} | {r['ssl_linear_probe_acc']:.3f} | {r['ssl_knn_acc']:.3f} | {r['random_init_linear_probe_acc']:.3f} | "
+            f"{r['random_init_knn_acc']:.3f} | {r['first_loss']:.3f} → {r['last_loss']:.3f} | {r['minutes']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, load_labeled, load_sample  # noqa: E402
-from ssl_models.augment import ViewPolicy  # noqa: E402
-from ssl_models.encoder import Encoder  # noqa: E402
-from ssl_models.evaluation import extract_features, knn_accuracy, linear_probe  # noqa: E402
-from ssl_models.methods import build_method, default_backbone  # noqa: E402
-from ssl_models.training import EpochStats, TrainSettings, pretrain  # noqa: E402
+from benchmarks.common import RESULTS, load_labeled, load_sample
+from ssl_models.augment import ViewPolicy
+from ssl_models.encoder import Encoder
+from ssl_models.evaluation import extract_features, knn_accuracy, linear_probe
+from ssl_models.methods import build_method, default_backbone
+from ssl_models.training import EpochStats, TrainSettings, pretrain
 
 
 def run_all(configs: list[dict], out_path: Path, width: int, device: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import save_result  # noqa: E402
+from benchmarks.common import save_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORK = Path("/tmp/sslpipe-simclr-bench")
@@ -72,7 +72,9 @@ def knn(encoder: torch.nn.Module, device: torch.device) -> float:
     dev = extract("cifar10-dev")
     train_x, train_y = labeled_tensors(dev / "train")
     test_x, test_y = labeled_tensors(dev / "test")
-    return knn_accuracy(extract_features(encoder, train_x, device=device), train_y, extract_features(encoder, test_x, device=device), test_y)
+    return knn_accuracy(
+        extract_features(encoder, train_x, device=device), train_y, extract_features(encoder, test_x, device=device), test_y
+    )
 
 
 def ours(args: argparse.Namespace) -> dict:
@@ -125,7 +127,9 @@ class Files(torch.utils.data.Dataset):
     def __len__(self): return len(data)
     def __getitem__(self, i): return transform(load_image(data[i][0])), 0
 workers = min(8, os.cpu_count())
-loader = torch.utils.data.DataLoader(Files(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=cuda, persistent_workers=True)
+loader = torch.utils.data.DataLoader(
+    Files(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=cuda, persistent_workers=True
+)
 opt = torch.optim.SGD(model.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=5e-4)
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
 loss_fn = NTXentLoss(temperature=0.2)
@@ -168,7 +172,9 @@ def lightly(args: argparse.Namespace) -> dict:
 def machine(device: str) -> dict:
     if device.startswith("cuda"):
         return {"machine": torch.cuda.get_device_name()}
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?"
+    )
     return {"machine": f"cpu: {model}", "cores": os.cpu_count(), "load_average_at_end": os.getloadavg()}
 
 

@@ -41,7 +41,7 @@ IMAGENET_STEM_FROM = 96  # px: from this size on, ResNets use the ImageNet stem
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
-    """"auto" -> "cifar" below IMAGENET_STEM_FROM px, "imagenet" from it on."""
+    """The stem for ``stem``: "auto" is "cifar" below IMAGENET_STEM_FROM px, "imagenet" from it on."""
     if stem == "auto":
         return "imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar"
     if stem not in ("cifar", "imagenet"):
@@ -200,8 +200,9 @@ class VisionTransformer(nn.Module):
     """A small ViT (Dosovitskiy et al., 2021), the backbone of MAE.
 
     The image is cut into ``patch_size`` squares (by default from the image size, see
-    :func:`default_patch_size`: 4 px, an 8x8 grid of 64 tokens, at 32x32; 16 px at 224), each linearly embedded, a class token prepended, a fixed sine-cosine
-    position embedding added, then ``depth`` pre-norm blocks and a final LayerNorm.
+    :func:`default_patch_size`: 4 px, an 8x8 grid of 64 tokens, at 32x32; 16 px at 224),
+    each linearly embedded, a class token prepended, a fixed sine-cosine position embedding
+    added, then ``depth`` pre-norm blocks and a final LayerNorm.
     The feature is the mean of the patch tokens after that norm (``pool="mean"``) or
     the class token (``pool="cls"``); mean pooling gives the better frozen features
     after MAE, whose class token receives no direct training signal.

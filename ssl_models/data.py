@@ -182,7 +182,7 @@ class PrefetchLoader:
                 for indices in batches:
                     if not hand_over(self.source.read(indices, pin=self.pin)):
                         return
-            except BaseException as err:  # raised in the consumer
+            except BaseException as err:  # noqa: BLE001 - not swallowed: raised in the consumer
                 hand_over(err)
 
         thread = threading.Thread(target=produce, name="prefetch", daemon=True)

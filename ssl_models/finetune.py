@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from ssl_models.augment import random_resized_crop
 from ssl_models.data import ImageSource, SubsetSource, as_source
 from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, encoder_from_weights
-from ssl_models.memory_format import training_memory_format
 from ssl_models.evaluation import extract_features
+from ssl_models.memory_format import training_memory_format
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,11 @@ def train_classifier(
 
 @torch.no_grad()
 def classifier_accuracy(
-    classifier: nn.Module, images: torch.Tensor | ImageSource, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512
+    classifier: nn.Module,
+    images: torch.Tensor | ImageSource,
+    labels: torch.Tensor,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
 ) -> float:
     """Top-1 accuracy on (N, 3, H, W) uint8 images (or an ImageSource), no augmentation."""
     predictions = extract_features(classifier, images, batch_size, device).argmax(1)  # logits, batch by batch

@@ -126,7 +126,14 @@ class TextEncoder(nn.Module):
         self.config: dict[str, Any] = {
             "modality": "text",
             "backbone": ARCHITECTURE,
-            "backbone_kwargs": {"vocab_size": vocab_size, "max_len": max_len, "dim": dim, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio},
+            "backbone_kwargs": {
+                "vocab_size": vocab_size,
+                "max_len": max_len,
+                "dim": dim,
+                "depth": depth,
+                "heads": heads,
+                "mlp_ratio": mlp_ratio,
+            },
         }
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_embed = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
@@ -182,7 +189,9 @@ def is_text_encoder_config(config: dict[str, Any]) -> bool:
     return config.get("modality") == "text"
 
 
-def save_text_encoder(encoder: TextEncoder, directory: str | Path, tokenizer: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_text_encoder(
+    encoder: TextEncoder, directory: str | Path, tokenizer: str | Path | None = None, extra: dict[str, Any] | None = None
+) -> Path:
     """Write weights.pt, config.json (plus ``extra``) and a copy of ``tokenizer`` (tokenizer.json)."""
     directory = save_encoder(encoder, directory, extra)  # the same weights.pt + config.json as an image encoder
     if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
@@ -195,7 +204,7 @@ def load_text_encoder(directory: str | Path, map_location: str | torch.device = 
     directory = Path(directory)
     config = json.loads((directory / CONFIG_FILE).read_text())
     if not is_text_encoder_config(config):
-        raise ValueError(f"{directory}: not a text encoder (config.json has no \"modality\": \"text\")")
+        raise ValueError(f'{directory}: not a text encoder (config.json has no "modality": "text")')
     encoder = build_text_encoder(config)
     encoder.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True))
     return encoder.eval()

@@ -29,9 +29,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -72,6 +72,9 @@ class TrainSettings:
 
 # Settings that change neither the result nor the data order: a run may resume with others.
 _RESUMABLE_ACROSS = ("prefetch_batches", "checkpoint_every_steps")
+
+# What the loop calls with a batch: ``method.training_step``, or the DDP module that runs it.
+_StepFn = Callable[[torch.Tensor], Any]
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ def pretrain(
     epochs only. ``extra``: caller data stored in the checkpoint (read it back with
     :func:`checkpoint_extra`). ``rank`` / ``world_size``: this process's share of each
     global batch (see :class:`~ssl_models.data.EpochSampler`); they must be those of the
-    process group this process is in (:func:`ssl_models.distributed.launch` sets it up).
+    process group this process is in (:func:`ssl_models.launch.launch` sets it up).
     ``settings.batch_size`` is the global batch: each rank takes ``batch_size // world_size``
     images a step, and the learning rate follows the global batch, so a recipe means the
     same on any number of processes. Every rank draws its own views (seed + rank); only
@@ -259,159 +262,290 @@ def pretrain(
     A method with a ``prepare_batch(batch)`` method turns its own rows into its
     ``training_step`` input instead of images (text: token ids (N, L) int32 -> int64).
     """
+    _check_world(rank, world_size)
+    # Rank 0 draws what a single process draws; the other ranks draw views of their own.
+    torch.manual_seed(settings.seed + rank)
+    run = _start_run(method, images, settings, torch.device(device), rank, world_size, checkpoint_path, extra)
+    partial = _resume(run)
+    # DDP (and SyncBN where the method asks) with several processes; after the checkpoint is
+    # loaded, so that DDP's initial broadcast sends the resumed weights. One process: the
+    # method's own training_step.
+    training_step = wrap_for_training(run.method, run.device)
+    if settings.compile:
+        compile_method(run.method)
+    loader = PrefetchLoader(run.source, run.sampler, run.device, settings.prefetch_batches)
+    with _deferred_interrupt() as interrupt:
+        while run.sampler.epoch <= settings.epochs:
+            stats = _train_epoch(run, training_step, loader, partial, interrupt, progress)
+            partial = None  # only the first epoch continues from a checkpoint's running sums
+            _end_epoch(run, stats, on_epoch_end, progress)
+    return run.history
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`pretrain` trains with, and where it stands (``step``, ``history``)."""
+
+    method: SSLMethod
+    settings: TrainSettings
+    source: ImageSource
+    sampler: EpochSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    prepare_batch: Callable[[torch.Tensor], Any] | None  # optional: methods whose data is not uint8 images
+    batch_size: int  # this rank's share of the global batch
+    rank: int
+    world_size: int
+    fingerprint: dict
+    checkpoint_path: Path | None
+    extra: dict[str, Any] | None
+    step: int = 0
+    history: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)  # the ragged end is dropped: BN needs full batches
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.epochs * self.steps_per_epoch
+
+
+@dataclass
+class _EpochSums:
+    """The running sums of an epoch; a mid-epoch checkpoint holds them, so that the resumed
+    epoch's stats are those of the whole epoch."""
+
+    losses: list[torch.Tensor]
+    monitored: list[torch.Tensor]  # embeddings of the first ~2048 images, for the collapse statistics
+    elapsed_before: float  # seconds spent on this epoch before the checkpoint it resumed from
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def resume(cls, partial: dict | None) -> _EpochSums:
+        if partial is None:
+            return cls([], [], 0.0)
+        return cls(list(partial["losses"]), list(partial["monitored"]), partial["elapsed"])
+
+    def add(self, loss: torch.Tensor, embeddings: torch.Tensor, batch_size: int) -> None:
+        self.losses.append(loss.detach())
+        if len(self.monitored) * batch_size < 2048:
+            self.monitored.append(embeddings.detach().float())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def state(self) -> dict:
+        """What a mid-epoch checkpoint stores as ``partial``."""
+        return {"losses": [x.cpu() for x in self.losses], "monitored": [x.cpu() for x in self.monitored], "elapsed": self.elapsed()}
+
+
+def _check_world(rank: int, world_size: int) -> None:
     if (rank, world_size) != world():
         here = "rank {} of {}".format(*world())
         raise ValueError(f"rank {rank} of {world_size} given, but this process is {here}: start it with launch()")
-    # Rank 0 draws what a single process draws; the other ranks draw views of their own.
-    torch.manual_seed(settings.seed + rank)
-    device = torch.device(device)
+
+
+def _start_run(
+    method: SSLMethod,
+    images: torch.Tensor | ImageSource,
+    settings: TrainSettings,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    checkpoint_path: str | Path | None,
+    extra: dict[str, Any] | None,
+) -> _Run:
+    """The run before its first step: the method on the device, this rank's sampler at
+    epoch 1, the optimiser and its schedule (linear warm-up, then cosine decay to zero)."""
     enable_fast_math(device)
     amp_dtype = autocast_dtype(settings.precision, device)
     memory_format = training_memory_format(method, device, settings.channels_last)
     method = method.to(device, memory_format=memory_format)  # type: ignore[assignment]
     source = as_source(images)
-    batch_size = min(settings.batch_size, len(source)) // world_size  # this rank's share of the global batch
+    batch_size = min(settings.batch_size, len(source)) // world_size
     if batch_size < 1:
         raise ValueError(f"a global batch of {settings.batch_size} cannot be split over {world_size} processes")
     sampler = EpochSampler(len(source), batch_size, settings.seed, rank, world_size)
-    steps_per_epoch = len(sampler)  # the ragged end is dropped: BN needs full batches
-    prepare_batch = getattr(method, "prepare_batch", None)  # optional: methods whose data is not uint8 images
-    total_steps = settings.epochs * steps_per_epoch
-    warmup_steps = settings.warmup_epochs * steps_per_epoch
-    base_lr = settings.lr * batch_size * world_size / 256
+    base_lr = settings.lr * batch_size * world_size / 256  # the lr follows the global batch
     optimizer = _make_optimizer(method, settings, base_lr)
+    steps_per_epoch = len(sampler)
+    warmup_steps, total_steps = settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup_steps, total_steps))
+    sampler.set_epoch(1)
+    return _Run(
+        method=method,
+        settings=settings,
+        source=source,
+        sampler=sampler,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        amp_dtype=amp_dtype,
+        memory_format=memory_format,
+        prepare_batch=getattr(method, "prepare_batch", None),
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        fingerprint=_fingerprint(settings, method, len(source), world_size),
+        checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None,
+        extra=extra,
+    )
 
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
+
+def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    # A plain function, not a callable object: LambdaLR's state_dict then stores nothing of it.
+    def lr_factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    fingerprint = _fingerprint(settings, method, len(source), world_size)
-    history: list[EpochStats] = []
-    step = 0
-    sampler.set_epoch(1)
-    partial: dict | None = None  # the running sums of an epoch interrupted by a checkpoint
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, device)
-        _check_fingerprint(checkpoint_path, state.get("fingerprint"), fingerprint)
-        method.load_state_dict(state["method"])  # type: ignore[attr-defined]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        step, partial = state["step"], state["partial"]
-        history = [EpochStats(**row) for row in state["history"]]
-        _set_rng_state(state["rng_by_rank"][rank] if world_size > 1 else state["rng"])
-        log.info("resuming from %s: epoch %d, step %d of %d", checkpoint_path, sampler.epoch, sampler.position, steps_per_epoch)
-    # DDP (and SyncBN where the method asks) with several processes; after the checkpoint is
-    # loaded, so that DDP's initial broadcast sends the resumed weights. One process: the
-    # method's own training_step.
-    training_step = wrap_for_training(method, device)
-    if settings.compile:
-        compile_method(method)
-    loader = PrefetchLoader(source, sampler, device, settings.prefetch_batches)
+    return lr_factor
 
-    def save(partial_state: dict | None) -> None:
-        # Every rank calls this at the same step: gathering the RNG states is a collective.
-        if checkpoint_path is None:
-            return
-        rng_by_rank = gather_objects(_rng_state())
-        if rank != 0:
-            return
-        _save_checkpoint(checkpoint_path, {
-            "format": 2, "fingerprint": fingerprint, "epoch": len(history),
-            "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(), "step": step, "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank,
-            "history": [asdict(s) for s in history], "partial": partial_state, "extra": dict(extra or {}),
-        })  # fmt: skip
 
-    with _deferred_interrupt() as interrupt:
-        while sampler.epoch <= settings.epochs:
-            epoch = sampler.epoch
-            method.train()
-            losses: list[torch.Tensor] = list(partial["losses"]) if partial else []
-            monitored: list[torch.Tensor] = list(partial["monitored"]) if partial else []
-            elapsed_before = partial["elapsed"] if partial else 0.0
-            partial = None
-            started = time.perf_counter()
+def _resume(run: _Run) -> dict | None:
+    """Load ``run``'s checkpoint, if there is one, into it: weights, optimiser, schedule, data
+    position, step, history and this rank's RNG state. Returns the running sums of the epoch
+    to continue (None: no checkpoint, or one written at the end of an epoch)."""
+    path = run.checkpoint_path
+    if path is None or not path.exists():
+        return None
+    state = load_checkpoint(path, run.device)
+    _check_fingerprint(path, state.get("fingerprint"), run.fingerprint)
+    run.method.load_state_dict(state["method"])  # type: ignore[attr-defined]
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.step = state["step"]
+    run.history = [EpochStats(**row) for row in state["history"]]
+    _set_rng_state(state["rng_by_rank"][run.rank] if run.world_size > 1 else state["rng"])
+    log.info("resuming from %s: epoch %d, step %d of %d", path, run.sampler.epoch, run.sampler.position, run.steps_per_epoch)
+    return state["partial"]
 
-            def running() -> dict:
-                return {"losses": [x.cpu() for x in losses], "monitored": [x.cpu() for x in monitored],
-                        "elapsed": elapsed_before + time.perf_counter() - started}  # fmt: skip
 
-            bar = tqdm(loader, desc=f"epoch {epoch}/{settings.epochs}", disable=not progress, leave=False, initial=sampler.position, total=steps_per_epoch)
-            for batch in bar:
-                if prepare_batch is not None:  # e.g. token ids for text methods
-                    x = prepare_batch(batch)
-                else:  # uint8 images -> float in [0, 1]
-                    x = batch.float().div_(255).contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    out = training_step(x)
-                loss = out.loss.float()
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss.item()} at epoch {epoch}, step {sampler.position}: lower the learning rate "
-                        f"(now {optimizer.param_groups[0]['lr']:.4g}) or raise warmup_epochs"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if hasattr(method, "after_step"):  # momentum encoders (BYOL, MoCo); most methods have none
-                    method.after_step(step / total_steps)
-                losses.append(loss.detach())
-                if len(monitored) * batch_size < 2048:
-                    monitored.append(out.embeddings.detach().float())
-                if progress:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-                every = settings.checkpoint_every_steps
-                if every and step % every == 0 and sampler.position < steps_per_epoch:
-                    save(running())
-                if interrupt["requested"]:
-                    where = f"epoch {epoch}, step {sampler.position} of {steps_per_epoch}"
-                    if checkpoint_path is None:
-                        raise KeyboardInterrupt(f"interrupted at {where}; no checkpoint path, nothing saved")
-                    if world_size > 1:
-                        # Each rank sees the signal at its own step, so they cannot meet in a
-                        # collective to save together: the last checkpoint is the one to resume.
-                        last = checkpoint_path.parent
-                        raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {last}")
-                    save(running())
-                    raise KeyboardInterrupt(f"interrupted at {where}; checkpoint saved to {checkpoint_path}: run the same command again to resume")
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = elapsed_before + time.perf_counter() - started
-            embeddings = torch.cat(monitored)
-            stats = EpochStats(
-                epoch=epoch,
-                loss=torch.stack(losses).mean().item(),
-                lr=optimizer.param_groups[0]["lr"],
-                images_per_s=steps_per_epoch * batch_size * world_size / elapsed,  # all ranks together
-                embedding_std=embedding_std(embeddings),
-                effective_rank=effective_rank(embeddings),
-            )
-            history.append(stats)
-            warning = collapse_warning(stats, embeddings.shape[1])
-            if warning:
-                log.warning("epoch %d: %s", epoch, warning)
-            sampler.set_epoch(epoch + 1)
-            save(None)
-            if on_epoch_end is not None:
-                on_epoch_end(stats)
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch}/{settings.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.4f}  "
-                    f"{stats.images_per_s:.0f} img/s  emb-std {stats.embedding_std:.3f}  rank {stats.effective_rank:.1f}"
-                )
-    return history
+def _train_epoch(
+    run: _Run, training_step: _StepFn, loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
+) -> EpochStats:
+    """The rest of the current epoch (all of it unless resumed mid-epoch) and its stats;
+    the checkpoints every ``checkpoint_every_steps`` steps, and on Ctrl-C, included."""
+    epoch = run.sampler.epoch
+    run.method.train()
+    sums = _EpochSums.resume(partial)
+    desc = f"epoch {epoch}/{run.settings.epochs}"
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, initial=run.sampler.position, total=run.steps_per_epoch)
+    for batch in bar:
+        loss, embeddings = _train_step(run, training_step, batch, epoch)
+        sums.add(loss, embeddings, run.batch_size)
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        every = run.settings.checkpoint_every_steps
+        if every and run.step % every == 0 and run.sampler.position < run.steps_per_epoch:
+            _save(run, sums.state())
+        if interrupt["requested"]:
+            _stop_on_interrupt(run, sums, epoch)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return _epoch_stats(run, epoch, sums)
+
+
+def _train_step(run: _Run, training_step: _StepFn, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``batch``; returns its loss (float32) and embeddings."""
+    if run.prepare_batch is not None:  # e.g. token ids for text methods
+        x = run.prepare_batch(batch)
+    else:  # uint8 images -> float in [0, 1]
+        x = batch.float().div_(255).contiguous(memory_format=run.memory_format)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        out = training_step(x)
+    loss = out.loss.float()
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss became {loss.item()} at epoch {epoch}, step {run.sampler.position}: lower the learning rate "
+            f"(now {run.optimizer.param_groups[0]['lr']:.4g}) or raise warmup_epochs"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    if hasattr(run.method, "after_step"):  # momentum encoders (BYOL, MoCo); most methods have none
+        run.method.after_step(run.step / run.total_steps)
+    return loss, out.embeddings
+
+
+def _stop_on_interrupt(run: _Run, sums: _EpochSums, epoch: int) -> NoReturn:
+    """After the step under way when Ctrl-C came: save a checkpoint (one process) and stop."""
+    where = f"epoch {epoch}, step {run.sampler.position} of {run.steps_per_epoch}"
+    if run.checkpoint_path is None:
+        raise KeyboardInterrupt(f"interrupted at {where}; no checkpoint path, nothing saved")
+    if run.world_size > 1:
+        # Each rank sees the signal at its own step, so they cannot meet in a
+        # collective to save together: the last checkpoint is the one to resume.
+        last = run.checkpoint_path.parent
+        raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {last}")
+    _save(run, sums.state())
+    raise KeyboardInterrupt(f"interrupted at {where}; checkpoint saved to {run.checkpoint_path}: run the same command again to resume")
+
+
+def _epoch_stats(run: _Run, epoch: int, sums: _EpochSums) -> EpochStats:
+    """The epoch's :class:`EpochStats` from its running sums; logs a warning when the embeddings collapse."""
+    elapsed = sums.elapsed()
+    embeddings = torch.cat(sums.monitored)
+    stats = EpochStats(
+        epoch=epoch,
+        loss=torch.stack(sums.losses).mean().item(),
+        lr=run.optimizer.param_groups[0]["lr"],
+        images_per_s=run.steps_per_epoch * run.batch_size * run.world_size / elapsed,  # all ranks together
+        embedding_std=embedding_std(embeddings),
+        effective_rank=effective_rank(embeddings),
+    )
+    warning = collapse_warning(stats, embeddings.shape[1])
+    if warning:
+        log.warning("epoch %d: %s", epoch, warning)
+    return stats
+
+
+def _end_epoch(run: _Run, stats: EpochStats, on_epoch_end: Callable[[EpochStats], None] | None, progress: bool) -> None:
+    """Record the epoch, move the sampler to the next one, write the checkpoint, report."""
+    run.history.append(stats)
+    run.sampler.set_epoch(stats.epoch + 1)
+    _save(run, None)
+    if on_epoch_end is not None:
+        on_epoch_end(stats)
+    if progress:
+        tqdm.write(
+            f"epoch {stats.epoch}/{run.settings.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.4f}  "
+            f"{stats.images_per_s:.0f} img/s  emb-std {stats.embedding_std:.3f}  rank {stats.effective_rank:.1f}"
+        )
+
+
+def _save(run: _Run, partial: dict | None) -> None:
+    """Write ``run``'s checkpoint (rank 0 only; nothing without a checkpoint path).
+    ``partial``: the running sums of an unfinished epoch (None at an epoch's end).
+    Every rank calls this at the same step: gathering the RNG states is a collective."""
+    if run.checkpoint_path is None:
+        return
+    rng_by_rank = gather_objects(_rng_state())
+    if run.rank != 0:
+        return
+    _save_checkpoint(run.checkpoint_path, {
+        "format": 2, "fingerprint": run.fingerprint, "epoch": len(run.history),
+        "method": run.method.state_dict(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "sampler": run.sampler.state_dict(), "step": run.step, "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank,
+        "history": [asdict(s) for s in run.history], "partial": partial, "extra": dict(run.extra or {}),
+    })  # fmt: skip
 
 
 def _check_fingerprint(path: Path, saved: dict | None, current: dict) -> None:
     if saved is None:
         raise CheckpointMismatch(f"{path}: an old-format checkpoint without settings; delete it to start over")
-    differences = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    differences = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
     if differences:
         raise CheckpointMismatch(
             f"{path}: the checkpoint was written by a run with other settings ({'; '.join(differences)}); "

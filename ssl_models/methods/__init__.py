@@ -70,7 +70,7 @@ def check_image_size(name: str, image_size: int, backbone: str = "auto", **hpara
         method = build_method(name, encoder, ViewPolicy(size=image_size), **hparams)
         with torch.no_grad():
             method.training_step(torch.rand(2, 3, image_size, image_size))
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure of the trial step: re-raised, with its message
         raise ValueError(f"method {name!r} with backbone {backbone!r} cannot train on {image_size} px images: {err}") from None
 
 
@@ -79,4 +79,14 @@ def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any)
     return method_class(name)(encoder, views, **hparams)
 
 
-__all__ = ["METHODS", "TEXT_METHODS", "SSLMethod", "StepOutput", "build_method", "check_image_size", "default_backbone", "is_text_method", "method_class"]
+__all__ = [
+    "METHODS",
+    "TEXT_METHODS",
+    "SSLMethod",
+    "StepOutput",
+    "build_method",
+    "check_image_size",
+    "default_backbone",
+    "is_text_method",
+    "method_class",
+]

@@ -97,7 +97,7 @@ class Colorization(nn.Module):
         self.image_size = views.size  # only the crop size is taken from the view policy
         self.crop_scale, self.output_size = crop_scale, output_size
         self.register_buffer("centres", ab_bin_centres(bin_size), persistent=False)  # (Q, 2)
-        sizes = tuple(s for s in (8, 16, 32, 64) if s < output_size) + (output_size,)
+        sizes = (*(s for s in (8, 16, 32, 64) if s < output_size), output_size)
         self.decoder = ConvDecoder(encoder.feature_dim, self.centres.shape[0], sizes, hidden_channels)
 
     def training_step(self, images: torch.Tensor) -> StepOutput:

@@ -62,7 +62,7 @@ class Inpainting(nn.Module):
         self.encoder = encoder
         self.image_size = views.size  # only the crop size is taken from the view policy
         self.mask_size, self.crop_scale = mask_size, crop_scale
-        sizes = tuple(s for s in (8, 16, 32, 64, 128) if s < self.image_size) + (self.image_size,)
+        sizes = (*(s for s in (8, 16, 32, 64, 128) if s < self.image_size), self.image_size)
         self.decoder = ConvDecoder(encoder.feature_dim, 3, sizes, hidden_channels)
 
     def training_step(self, images: torch.Tensor) -> StepOutput:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
-from ssl_models.distributed import already_launched, resolve_processes
+from ssl_models.launch import already_launched, resolve_processes
 from ssl_models.finetune import FinetuneSettings
 from ssl_models.text import TextModelSettings
 from ssl_models.training import TrainSettings

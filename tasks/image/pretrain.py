@@ -1,7 +1,7 @@
 """The image part of pretrain: the SSL method on the image shards, in one process or several.
 
 **Several processes.** With ``pretrain.processes`` > 1 the part starts that many training
-processes itself (``launch``: like torchrun, gloo on the CPU, NCCL on GPUs), so
+processes itself (``ssl_models.launch.launch``: like torchrun, gloo on the CPU, NCCL on GPUs), so
 ``sslpipe run``, the Prefect flow and ``dvc repro`` all get it; under torchrun it joins
 torchrun's processes instead. Every process runs :func:`_train` on its share of each global
 batch; rank 0 alone logs the epochs (into this stage's MLflow run, reopened by id in its
@@ -20,7 +20,8 @@ import torch
 
 from ssl_models.augment import ViewPolicy
 from ssl_models.backbones import describe as describe_backbone
-from ssl_models.distributed import is_main, launch
+from ssl_models.distributed import is_main
+from ssl_models.launch import launch
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import EpochStats, TrainingDiverged

@@ -24,17 +24,14 @@ from torch import nn
 from ssl_models.augment import ViewPolicy
 from ssl_models.distributed import (
     SyncBatchNorm,
-    WorkerFailed,
-    already_launched,
     convert_sync_batchnorm,
     gather_with_grad,
     is_main,
-    launch,
-    resolve_processes,
     world,
     wrap_for_training,
 )
 from ssl_models.encoder import Encoder
+from ssl_models.launch import WorkerFailed, already_launched, launch, resolve_processes
 from ssl_models.losses import info_nce_loss, nt_xent_loss
 from ssl_models.methods.moco import MoCo
 from ssl_models.methods.simclr import SimCLR
@@ -243,7 +240,7 @@ def test_launch_raises_a_workers_failure_and_leaves_no_worker_running():
     with pytest.raises(WorkerFailed, match=r"(?s)rank 1 of 2.*ValueError: rank one refuses"):
         launch(fail_on_rank_one, 2)
     assert _worker_children() == []
-    with pytest.raises(ValueError, match="^rank one refuses$"):  # an expected fault: raised as it is
+    with pytest.raises(ValueError, match=r"^rank one refuses$"):  # an expected fault: raised as it is
         launch(fail_on_rank_one, 2, expected=(ValueError,))
     assert _worker_children() == []
 
@@ -258,7 +255,7 @@ def wait_forever(rank: int, world_size: int, pid_dir: str) -> None:
 
 def test_workers_die_with_a_killed_launcher(tmp_path):
     """kill -9 of the stage must not leave its workers training (and writing its checkpoint)."""
-    imports = "from ssl_models.distributed import launch; from tests.ssl_models.test_distributed import wait_forever"
+    imports = "from ssl_models.launch import launch; from tests.ssl_models.test_distributed import wait_forever"
     script = f"{imports}; launch(wait_forever, 2, {str(tmp_path)!r})"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     launcher = subprocess.Popen([sys.executable, "-c", script], env=env)

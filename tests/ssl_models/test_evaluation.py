@@ -3,7 +3,6 @@ import torch
 from ssl_models.encoder import Encoder, load_encoder, save_encoder
 from ssl_models.evaluation import extract_features, knn_accuracy, linear_probe, raw_pixel_features
 
-
 CENTRES = torch.randn(4, 20, generator=torch.Generator().manual_seed(42)) * 5
 
 

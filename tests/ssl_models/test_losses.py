@@ -27,7 +27,7 @@ def rows(x: torch.Tensor) -> list[list[float]]:
 
 
 def dot(u: list[float], v: list[float]) -> float:
-    return sum(a * b for a, b in zip(u, v))
+    return sum(a * b for a, b in zip(u, v, strict=True))
 
 
 def norm(u: list[float]) -> float:
@@ -86,7 +86,7 @@ def test_nt_xent_is_symmetric_and_ignores_batch_order_and_scale(pair):
 
 def info_nce_reference(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
     losses = []
-    for q_i, k_i in zip(rows(q), rows(k)):
+    for q_i, k_i in zip(rows(q), rows(k), strict=True):
         positive = math.exp(cos(q_i, k_i) / t)
         negatives = sum(math.exp(cos(q_i, k_j) / t) for k_j in rows(queue))
         losses.append(-math.log(positive / (positive + negatives)))
@@ -133,10 +133,10 @@ def test_info_nce_without_queue_uses_the_other_keys(pair):
 
 def test_negative_cosine_and_byol_match_the_formulas(pair):
     p, z = pair
-    cosines = [cos(u, v) for u, v in zip(rows(p), rows(z))]
+    cosines = [cos(u, v) for u, v in zip(rows(p), rows(z), strict=True)]
     assert negative_cosine_similarity(p, z).item() == pytest.approx(-mean(cosines), rel=1e-5)
     # BYOL: squared distance of the normalised vectors, summed over dimensions.
-    distances = [sum((a / norm(u) - b / norm(v)) ** 2 for a, b in zip(u, v)) for u, v in zip(rows(p), rows(z))]
+    distances = [sum((a / norm(u) - b / norm(v)) ** 2 for a, b in zip(u, v, strict=True)) for u, v in zip(rows(p), rows(z), strict=True)]
     assert byol_loss(p, z).item() == pytest.approx(mean(distances), rel=1e-5)
 
 

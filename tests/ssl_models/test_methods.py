@@ -86,7 +86,7 @@ def test_momentum_targets_follow_the_online_network(name, hparams, images):
     online = [*method.encoder.parameters(), *method.projector.parameters()]
     target = [*target_encoder.parameters(), *target_projector.parameters()]
     # A copy at the start, and not trainable: the optimiser never sees it.
-    assert all(torch.equal(t, o) for t, o in zip(target, online))
+    assert all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
     assert not any(t.requires_grad for t in target)
     trainable = {id(p) for p in method.parameters() if p.requires_grad}
     assert not trainable & {id(t) for t in target}
@@ -96,7 +96,7 @@ def test_momentum_targets_follow_the_online_network(name, hparams, images):
     torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5).step()
 
     def distance() -> float:
-        return sum((t - o).pow(2).sum().item() for t, o in zip(target, online)) ** 0.5
+        return sum((t - o).pow(2).sum().item() for t, o in zip(target, online, strict=True)) ** 0.5
 
     before = distance()
     assert before > 0
@@ -113,9 +113,9 @@ def test_moco_constant_momentum_by_default(images):
     with torch.no_grad():
         for p in method.encoder.parameters():
             p.add_(1.0)
-    gap = [(t - o).clone() for t, o in zip(method.key_encoder.parameters(), method.encoder.parameters())]
+    gap = [(t - o).clone() for t, o in zip(method.key_encoder.parameters(), method.encoder.parameters(), strict=True)]
     method.after_step(1.0)  # no cosine: still m = 0.99 at the end of training
-    for g, t, o in zip(gap, method.key_encoder.parameters(), method.encoder.parameters()):
+    for g, t, o in zip(gap, method.key_encoder.parameters(), method.encoder.parameters(), strict=True):
         assert torch.allclose(t - o, 0.99 * g, atol=1e-6)
 
 
@@ -279,7 +279,7 @@ def test_rgb_to_lab_known_values():
     }
     rgb = torch.tensor(list(colours)).T.reshape(1, 3, len(colours), 1)
     lab = rgb_to_lab(rgb).reshape(3, -1).T
-    for got, expected in zip(lab.tolist(), colours.values()):
+    for got, expected in zip(lab.tolist(), colours.values(), strict=True):
         assert got == pytest.approx(expected, abs=0.02)
 
 

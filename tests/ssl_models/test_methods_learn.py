@@ -104,7 +104,8 @@ KNOWN_FAILING = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], run=False)) if n in KNOWN_FAILING else n for n in sorted(METHODS)]
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], run=False)) if n in KNOWN_FAILING else n for n in sorted(METHODS)],
 )
 def test_method_lowers_its_loss_and_beats_random_init(name, data, random_init_scores):
     pool, train_x, train_y, test_x, test_y = data

@@ -15,7 +15,10 @@ from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import TrainSettings, pretrain
 
 
-@pytest.mark.parametrize(("name", "size", "stem"), [("resnet18_cifar", 32, "cifar"), ("resnet18_cifar", 96, "imagenet"), ("resnet18", 64, "cifar"), ("resnet50", 224, "imagenet")])
+@pytest.mark.parametrize(
+    ("name", "size", "stem"),
+    [("resnet18_cifar", 32, "cifar"), ("resnet18_cifar", 96, "imagenet"), ("resnet18", 64, "cifar"), ("resnet50", 224, "imagenet")],
+)
 def test_the_resnet_stem_follows_the_size(name, size, stem):
     net = build_backbone(name, width=8, image_size=size)
     assert net.stem_kind == stem

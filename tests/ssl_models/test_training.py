@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ssl_models.augment import ViewPolicy
+from ssl_models.data import TensorImages
 from ssl_models.encoder import Encoder
 from ssl_models.methods import build_method
-from ssl_models.data import TensorImages
 from ssl_models.training import (
     CheckpointMismatch,
     EpochStats,
@@ -113,11 +113,26 @@ def test_a_run_resumed_after_a_crash_gives_the_same_encoder(tmp_path):
         raise Crash  # after the epoch's checkpoint is written, like a kill -9 there
 
     with pytest.raises(Crash):
-        pretrain(tiny_simclr(), images, RESUME_SETTINGS, on_epoch_end=crash_after_epoch_1, checkpoint_path=checkpoint, progress=False, extra={"run_id": "abc"})
+        pretrain(
+            tiny_simclr(),
+            images,
+            RESUME_SETTINGS,
+            on_epoch_end=crash_after_epoch_1,
+            checkpoint_path=checkpoint,
+            progress=False,
+            extra={"run_id": "abc"},
+        )
     assert checkpoint_extra(checkpoint) == {"run_id": "abc"}
     resumed = tiny_simclr(seed=1)
     epochs_seen = []
-    history = pretrain(resumed, ShardReader(tmp_path / "shards"), RESUME_SETTINGS, on_epoch_end=lambda s: epochs_seen.append(s.epoch), checkpoint_path=checkpoint, progress=False)
+    history = pretrain(
+        resumed,
+        ShardReader(tmp_path / "shards"),
+        RESUME_SETTINGS,
+        on_epoch_end=lambda s: epochs_seen.append(s.epoch),
+        checkpoint_path=checkpoint,
+        progress=False,
+    )
     assert epochs_seen == [2] and [s.epoch for s in history] == [1, 2]
     assert_identical(resumed.encoder.state_dict(), reference)
     # The same images as an in-memory tensor train the same model: the source does not matter.
