@@ -20,31 +20,47 @@ class ExpectedError(Exception):
 
 
 def _project(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", help="parameter file (default: params.yaml in the project root; defaults for every key if that is missing)")
+    parser.add_argument(
+        "--params", help="parameter file (default: params.yaml in the project root; defaults for every key if that is missing)"
+    )
     parser.add_argument("--root", default=".", help="project root holding data/, reports/, models/ (default: .)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set pretrain.epochs=5 (repeatable)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def _lock_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-wait", action="store_true", help="if another run holds the project root, exit 2 at once (default: wait for it)")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="if another run holds the project root, exit 2 at once (default: wait for it)"
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     _project(parser)
     _lock_option(parser)
     parser.add_argument(
-        "--data", metavar="DIR", help="unlabeled images (a folder, a tar archive, or torchvision:NAME) or text (a .txt, .jsonl, .csv(.gz) file or a folder of .txt; "
-        "then --set pretrain.method=mlm) (sets data.unlabeled)"
+        "--data",
+        metavar="DIR",
+        help="unlabeled images (a folder, a tar archive, or torchvision:NAME) or text (a .txt, .jsonl, .csv(.gz) file or a folder of .txt; "
+        "then --set pretrain.method=mlm) (sets data.unlabeled)",
     )
-    parser.add_argument("--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class, or labeled text (sets data.labeled)")
+    parser.add_argument(
+        "--eval-data", metavar="DIR", help="labeled evaluation images, one folder per class, or labeled text (sets data.labeled)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sslpipe",
         description="Self-supervised pretraining pipeline: unlabeled images in, a pretrained, evaluated, registered encoder out.",
-        epilog="MLflow store: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db. Prefect: $PREFECT_API_URL, else a temporary local server.",
+        epilog="MLflow store: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db. Prefect: $PREFECT_API_URL, else "
+        "a temporary local server.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
@@ -60,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="write dvc.yaml from the declared stages (tasks/stages.py)",
-        description="Write dvc.yaml from the stage list in tasks/stages.py; with --params also params.yaml from the defaults in tasks/core/config.py.",
+        description="Write dvc.yaml from the stage list in tasks/stages.py; with --params also params.yaml from the "
+        "defaults in tasks/core/config.py.",
     )
     generate.add_argument("--root", default=".", help="where to write (default: .)")
     generate.add_argument("--params", action="store_true", help="also overwrite params.yaml with the defaults")
@@ -74,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--root", default=".", help="project root whose params.yaml each run reads (default: .)")
     serve.add_argument("--params", default="params.yaml", help="parameter file, relative to the root (default: params.yaml)")
-    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a parameter in every scheduled run (repeatable)")
+    serve.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter in every scheduled run (repeatable)",
+    )
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 every day)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS seconds")
     serve.add_argument("--timezone", help="IANA timezone of the cron schedule, e.g. Europe/Berlin (default: UTC)")
-    serve.add_argument("--pool", metavar="NAME", help="register on this process work pool and return; `prefect worker start --pool NAME` runs it")
+    serve.add_argument(
+        "--pool", metavar="NAME", help="register on this process work pool and return; `prefect worker start --pool NAME` runs it"
+    )
     serve.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
     finetune = commands.add_parser(
         "finetune",
@@ -91,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_option(finetune)
     finetune.add_argument(
         "--data", dest="finetune_data", metavar="DIR",
-        help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive; or labeled text (fine-tunes the text encoder) (sets finetune.data)",
+        help="labeled images: <class>/ folders, or train/<class>/ + test/<class>/; a folder or tar archive; or "
+            "labeled text (fine-tunes the text encoder) (sets finetune.data)",
     )  # fmt: skip
     promote = commands.add_parser(
         "promote",
         help="make VERSION the @champion of ssl-encoder by hand",
-        description="Move the @champion alias of register.model_name to VERSION; the previous champion is remembered for `sslpipe rollback`.",
+        description="Move the @champion alias of register.model_name to VERSION; the previous champion is remembered "
+        "for `sslpipe rollback`.",
     )
     promote.add_argument("version", metavar="VERSION", help="a registered version number")
     _project(promote)
@@ -169,7 +197,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(f"{name:<9} ran: {why}")
     registered = result["registered"]
     if "register" not in result["ran"]:
-        print(f"\nnothing changed: nothing trained or registered ({registered.model_name} version {registered.version} is the latest from this root)")
+        print(
+            f"\nnothing changed: nothing trained or registered ({registered.model_name} version {registered.version} "
+            "is the latest from this root)"
+        )
         return 0
     print(f"\n{cfg.pretrain.method} encoder registered as {registered.model_name} version {registered.version} (@{registered.alias})")
     print(f"promotion gate: {registered.decision}")
@@ -232,7 +263,9 @@ def serve(args: argparse.Namespace) -> int:
     when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
     tz = f" ({schedule.timezone})" if schedule.timezone else ""
     if args.pool:
-        deployment_id = deploy.deploy_to_pool(args.pool, root, args.cron, args.interval, args.timezone, str(params), args.overrides, args.name)
+        deployment_id = deploy.deploy_to_pool(
+            args.pool, root, args.cron, args.interval, args.timezone, str(params), args.overrides, args.name
+        )
         print(f"deployment ssl-pipeline-scheduled/{args.name} ({deployment_id}) on work pool {args.pool!r}, {when}{tz}, root {root}")
         print(f"start a worker to run it: prefect worker start --pool {args.pool}")
         return 0
@@ -277,7 +310,14 @@ def run_registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_pipeline, "serve": serve, "finetune": run_finetune, "promote": run_registry_command, "rollback": run_registry_command, "generate": generate}
+COMMANDS = {
+    "run": run_pipeline,
+    "serve": serve,
+    "finetune": run_finetune,
+    "promote": run_registry_command,
+    "rollback": run_registry_command,
+    "generate": generate,
+}
 # Faults of the input, the config or the order of stages: a message, exit 2, no traceback.
 EXPECTED = (
     "tasks.image.sources:SourceError",
@@ -332,14 +372,19 @@ def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) 
     if not root.is_dir():
         raise ExpectedError(f"{root}: no such project folder (--root)")
     _config(args)  # a config fault is found before anything is locked, started or written
-    stack.enter_context(hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True)))
+    stack.enter_context(
+        hold_root(root, wait=not args.no_wait, on_wait=lambda line: print(f"sslpipe {args.command}: {line}", file=sys.stderr, flush=True))
+    )
     guard.root = root
     clean_staging(root)
     preflight.check_mlflow(tracking_uri(root))  # a sqlite store is created or migrated here, under the lock
     ended = end_dead_runs(root)
     tag_new_runs(root)  # host, pid, root on every MLflow run this process opens: the next start can tell if it died
     if ended:
-        print(f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}", file=sys.stderr)
+        print(
+            f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}",
+            file=sys.stderr,
+        )
     if args.command in FLOWS:
         if os.environ.get("PREFECT_API_URL"):
             preflight.check_prefect(os.environ["PREFECT_API_URL"])
@@ -357,7 +402,7 @@ def _drain_prefect_clients() -> None:
         from prefect._internal.concurrency.services import QueueService
 
         QueueService.drain_all(timeout=5, at_exit=False)
-    except Exception:  # noqa: BLE001 - an internal API: without it the exit is only slower
+    except Exception:
         logging.getLogger(__name__).debug("could not drain Prefect's clients", exc_info=True)
 
 
@@ -369,7 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     # (flows/run_logs.py) stay quiet here with -q.
     console.setLevel(level)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[console])
-    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "alembic", "httpx", "urllib3", "mlflow.store.db.utils"):
+    for noisy in (
+        "great_expectations",
+        "great_expectations.data_context.types.base",
+        "alembic",
+        "httpx",
+        "urllib3",
+        "mlflow.store.db.utils",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -387,7 +439,6 @@ def _main(args: argparse.Namespace, guard) -> int:
     from flows import preflight
     from flows.prefect_server import ServerStartError
     from tasks.core.root_lock import RootBusy
-    from tasks.image.sources import SourceError
 
     try:
         with contextlib.ExitStack() as stack:

@@ -111,14 +111,31 @@ def pipeline_deployment(
     )
 
 
-def serve_pipeline(root: Path, cron: str | None = None, interval: float | None = None, timezone: str | None = None, params: str = "params.yaml", overrides: list[str] | None = None, name: str = DEPLOYMENT_NAME) -> None:
+def serve_pipeline(
+    root: Path,
+    cron: str | None = None,
+    interval: float | None = None,
+    timezone: str | None = None,
+    params: str = "params.yaml",
+    overrides: list[str] | None = None,
+    name: str = DEPLOYMENT_NAME,
+) -> None:
     """Register the deployment and execute its runs in this process until stopped."""
     from prefect import serve
 
     serve(pipeline_deployment(root, cron, interval, timezone, params, overrides, name))
 
 
-def deploy_to_pool(pool: str, root: Path, cron: str | None = None, interval: float | None = None, timezone: str | None = None, params: str = "params.yaml", overrides: list[str] | None = None, name: str = DEPLOYMENT_NAME):
+def deploy_to_pool(
+    pool: str,
+    root: Path,
+    cron: str | None = None,
+    interval: float | None = None,
+    timezone: str | None = None,
+    params: str = "params.yaml",
+    overrides: list[str] | None = None,
+    name: str = DEPLOYMENT_NAME,
+):
     """Register the deployment on a process work pool; its workers run the flow from this
     repository's code, in ``root``. Returns the deployment id."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy

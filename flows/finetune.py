@@ -15,8 +15,15 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from tasks.core.config import PipelineConfig, load_config
-from tasks.finetune import finetune_modality, finetune_prepare_stage, finetune_stage, no_encoder_message, register_classifier_stage, resolve_encoder_stage
 from tasks.core.layout import Layout
+from tasks.finetune import (
+    finetune_modality,
+    finetune_prepare_stage,
+    finetune_stage,
+    no_encoder_message,
+    register_classifier_stage,
+    resolve_encoder_stage,
+)
 from tasks.registry.tracking import Tracker, run_name
 
 # The Prefect tasks are the stage functions as-is (no caching: a fine-tuning is asked for on purpose).
@@ -31,7 +38,8 @@ def summary(result: dict) -> str:
     if "compare" in result:
         c = result["compare"]
         lines.append(
-            f"at {c['fraction'] * 100:g}% of the labels ({c['train_labels']}): fine-tuned {c['ssl_finetune_acc']:.3f} vs from scratch {c['scratch_acc']:.3f}"
+            f"at {c['fraction'] * 100:g}% of the labels ({c['train_labels']}): fine-tuned {c['ssl_finetune_acc']:.3f} "
+            f"vs from scratch {c['scratch_acc']:.3f}"
         )
     return "\n".join(lines)
 

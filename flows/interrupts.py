@@ -137,7 +137,10 @@ class InterruptGuard:
             return
         import httpx
 
-        state = {"state": {"type": "CRASHED", "name": "Crashed", "message": f"sslpipe interrupted by {signal.Signals(self.signum).name}"}, "force": True}
+        state = {
+            "state": {"type": "CRASHED", "name": "Crashed", "message": f"sslpipe interrupted by {signal.Signals(self.signum).name}"},
+            "force": True,
+        }
         with httpx.Client(base_url=self.temporary_api, timeout=3) as client:
             runs = client.post("/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).json()
             for run in runs:

@@ -27,13 +27,13 @@ from prefect.states import Failed
 from flows.run_logs import run_logs_to_prefect
 from flows.stage_runner import pipeline_tracker, stage_context, tracker_for
 from tasks.core.config import PipelineConfig, load_config
+from tasks.core.freshness import Book
 from tasks.core.layout import Layout
 from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
 from tasks.evaluation.scoring import ENCODERS, summary_table
-from tasks.core.freshness import Book
-from tasks.stages import PIPELINE, STAGES, Stage
 from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
+from tasks.stages import PIPELINE, STAGES, Stage
 
 log = logging.getLogger("sslpipe")
 

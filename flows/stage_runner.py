@@ -13,10 +13,10 @@ import os
 from ssl_models.distributed import is_main
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
-from tasks.core.layout import Layout
 from tasks.core.freshness import Book, input_key
-from tasks.stages import STAGES, Stage
+from tasks.core.layout import Layout
 from tasks.registry.tracking import Tracker, run_name
+from tasks.stages import STAGES, Stage
 
 log = logging.getLogger("sslpipe")
 

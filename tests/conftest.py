@@ -216,7 +216,9 @@ def kill_at_first_checkpoint(command: list[str], cwd: Path, env: dict[str, str] 
     import time
 
     # A session of its own: the kill reaches every process the command started.
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     checkpoints = cwd / ".sslpipe" / "checkpoints"
     deadline = time.monotonic() + timeout
     while not any(checkpoints.glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:

@@ -112,7 +112,7 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
 
 
 def _target_of(name: str) -> str:
-    """".staging-old-1a2b3c4d-unlabeled" -> "unlabeled" (the name the staging entry stands for)."""
+    """ ".staging-old-1a2b3c4d-unlabeled" -> "unlabeled" (the name the staging entry stands for)."""
     return name.removeprefix(OLD_PREFIX).removeprefix(STAGING_PREFIX).split("-", 1)[-1]
 
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ssl_models.augment import ViewPolicy, recipe_for_size
 from ssl_models.device import resolve_device
-from ssl_models.launch import already_launched, resolve_processes
 from ssl_models.finetune import FinetuneSettings
+from ssl_models.launch import already_launched, resolve_processes
 from ssl_models.text import TextModelSettings
 from ssl_models.training import TrainSettings
 
@@ -40,10 +40,14 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     unlabeled: str = Field("data/sample/unlabeled.tar.gz", description="unlabeled images: folder, tar archive, or torchvision:NAME")
-    labeled: str = Field("data/sample/labeled.tar.gz", description="labeled evaluation images: train/<class>/ + test/<class>/, or <class>/ only")
+    labeled: str = Field(
+        "data/sample/labeled.tar.gz", description="labeled evaluation images: train/<class>/ + test/<class>/, or <class>/ only"
+    )
     image_size: int = Field(32, ge=8, description="images are centre-cropped and resized to this side")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the labeled set has no train/test split")
-    text_columns: list[str] | None = Field(None, description="text sources (.csv): the columns holding the text; null: every column but label_column")
+    text_columns: list[str] | None = Field(
+        None, description="text sources (.csv): the columns holding the text; null: every column but label_column"
+    )
     label_column: str = Field("label", description="text sources: the label column of a labeled .csv (a .jsonl's field is `label`)")
 
 
@@ -56,7 +60,9 @@ class ValidateConfig(Section):
     max_side: int = Field(4096, ge=1, description="pixels; larger is a fault (too_large)")
     allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP"], description="read from the content, not the extension")
     allow_duplicates: bool = Field(False, description="exact duplicates (same bytes): later copies are faults")
-    on_fail: Literal["stop", "quarantine"] = Field("stop", description="stop: no training if any file is bad | quarantine: leave bad files out")
+    on_fail: Literal["stop", "quarantine"] = Field(
+        "stop", description="stop: no training if any file is bad | quarantine: leave bad files out"
+    )
     max_bad_fraction: float = Field(0.05, ge=0, le=1, description="quarantine: train only if at most this share is bad")
     convert: list[Conversion] = Field(
         ["grayscale", "alpha", "palette", "cmyk", "high_bit_depth", "resize"],
@@ -68,9 +74,15 @@ class ValidateConfig(Section):
     workers: int = Field(0, ge=0, description="image-reading processes; 0: one per core, when it pays")
     min_chars: int = Field(8, ge=1, description="text: a shorter document is a fault (too_short)")
     max_chars: int = Field(100_000, ge=1, description="text: a longer document is a fault (too_long)")
-    max_control_share: float = Field(0.05, ge=0, le=1, description="text: a larger share of control characters or NUL bytes is binary content")
-    length_drift_tolerance: float | None = Field(0.25, gt=0, description="text: relative change of the mean length in words vs the reference; null: off")
-    vocab_drift_tolerance: float | None = Field(0.1, gt=0, description="text: rise of the out-of-vocabulary share vs the reference; null: off")
+    max_control_share: float = Field(
+        0.05, ge=0, le=1, description="text: a larger share of control characters or NUL bytes is binary content"
+    )
+    length_drift_tolerance: float | None = Field(
+        0.25, gt=0, description="text: relative change of the mean length in words vs the reference; null: off"
+    )
+    vocab_drift_tolerance: float | None = Field(
+        0.1, gt=0, description="text: rise of the out-of-vocabulary share vs the reference; null: off"
+    )
 
 
 # Knobs whose value depends on the image size: "auto" takes SimCLR's recipe for
@@ -82,10 +94,14 @@ Auto = Literal["auto"]
 class AugmentConfig(Section):
     """SimCLR's view policy (defaults: ``ssl_models.augment.ViewPolicy``; ``auto``: ``recipe_for_size``)."""
 
-    crop_scale_min: Annotated[float, Field(gt=0, le=1)] | Auto = Field("auto", description="random resized crop: smallest area share; auto: 0.2 below 96 px, 0.08 from 96")
+    crop_scale_min: Annotated[float, Field(gt=0, le=1)] | Auto = Field(
+        "auto", description="random resized crop: smallest area share; auto: 0.2 below 96 px, 0.08 from 96"
+    )
     flip_p: float = Field(_default(ViewPolicy, "flip_p"), ge=0, le=1)
     jitter_p: float = Field(_default(ViewPolicy, "jitter_p"), ge=0, le=1)
-    brightness: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: 0.4 below 96 px, 0.8 from 96 (jitter strength 0.5 / 1)")
+    brightness: Annotated[float, Field(ge=0)] | Auto = Field(
+        "auto", description="auto: 0.4 below 96 px, 0.8 from 96 (jitter strength 0.5 / 1)"
+    )
     contrast: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: as brightness")
     saturation: Annotated[float, Field(ge=0)] | Auto = Field("auto", description="auto: as brightness")
     hue: Annotated[float, Field(ge=0, le=0.5)] | Auto = Field("auto", description="auto: 0.1 below 96 px, 0.2 from 96")
@@ -109,7 +125,9 @@ class PretrainConfig(Section):
     """Optimisation defaults: ``ssl_models.training.TrainSettings``; ``auto``: the method's recommendation."""
 
     method: str = Field("simclr", description="SSL method (docs/methods.md)")
-    method_params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's own defaults, e.g. {temperature: 0.5}")
+    method_params: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the method's own defaults, e.g. {temperature: 0.5}"
+    )
     backbone: str = Field("auto", description="auto = the method's preferred backbone")
     width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 (the paper's) on a GPU")
     epochs: int = Field(_default(TrainSettings, "epochs"), ge=1)
@@ -120,9 +138,13 @@ class PretrainConfig(Section):
     warmup_epochs: int = Field(_default(TrainSettings, "warmup_epochs"), ge=0)
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
     seed: int = _default(TrainSettings, "seed")
-    precision: Literal["auto", "fp32", "bf16"] = Field(_default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        _default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)"
+    )
     compile: bool = Field(_default(TrainSettings, "compile"), description="torch.compile the model: faster steps after a slow first one")
-    checkpoint_every_steps: int = Field(_default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only")
+    checkpoint_every_steps: int = Field(
+        _default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only"
+    )
     processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="data-parallel training processes (batch_size is the global batch); auto = one per GPU, 1 without"
     )
@@ -150,7 +172,9 @@ class PretrainConfig(Section):
                 "lr": pick("lr"),
                 "weight_decay": pick("weight_decay"),
                 "device": str(resolve_device(self.device)),
-                "precision": self.precision if self.precision != "auto" else ("bf16" if resolve_device(self.device).type == "cuda" else "fp32"),
+                "precision": self.precision
+                if self.precision != "auto"
+                else ("bf16" if resolve_device(self.device).type == "cuda" else "fp32"),
                 "processes": self._processes(),
             }
         )
@@ -193,7 +217,9 @@ class TextConfig(Section):
     """
 
     vocab_size: int = Field(_default(TextModelSettings, "vocab_size"), ge=100, description="BPE tokenizer trained on the unlabeled text")
-    max_len: int = Field(_default(TextModelSettings, "max_len"), ge=8, description="tokens per document ([CLS] ... [SEP]); longer ones are cut")
+    max_len: int = Field(
+        _default(TextModelSettings, "max_len"), ge=8, description="tokens per document ([CLS] ... [SEP]); longer ones are cut"
+    )
     dim: int = Field(_default(TextModelSettings, "dim"), ge=8, description="Transformer width")
     depth: int = Field(_default(TextModelSettings, "depth"), ge=1, description="Transformer blocks")
     heads: int | None = Field(_default(TextModelSettings, "heads"), ge=1, description="attention heads; null: dim // 32")
@@ -241,11 +267,15 @@ class RegisterConfig(Section):
 class FinetuneConfig(Section):
     """The supervised recipe (also the label-efficiency curve's; defaults: ``FinetuneSettings``) and `sslpipe finetune`."""
 
-    data: str = Field("data/sample/labeled.tar.gz", description="labeled images for `sslpipe finetune`: <class>/ folders, or train/ + test/")
+    data: str = Field(
+        "data/sample/labeled.tar.gz", description="labeled images for `sslpipe finetune`: <class>/ folders, or train/ + test/"
+    )
     encoder_alias: str = Field("champion", description="fine-tunes models:/<register.model_name>@<this>")
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of the train labels the classifier learns from")
     compare_fraction: float | None = Field(0.1, gt=0, le=1, description="also fine-tune and train from scratch on this share; null: skip")
-    steps: int = Field(_default(FinetuneSettings, "steps"), ge=1, description="the same at every label fraction; sized for 2 CPU cores: raise on a GPU")
+    steps: int = Field(
+        _default(FinetuneSettings, "steps"), ge=1, description="the same at every label fraction; sized for 2 CPU cores: raise on a GPU"
+    )
     batch_size: int = Field(_default(FinetuneSettings, "batch_size"), ge=2)
     lr: float = Field(_default(FinetuneSettings, "lr"), gt=0, description="SGD with Nesterov momentum, cosine decay")
     weight_decay: float = Field(_default(FinetuneSettings, "weight_decay"), ge=0)
@@ -295,7 +325,11 @@ class PipelineConfig(Section):
     def resolved(self) -> PipelineConfig:
         """The config with no ``auto`` left: the values a run really uses."""
         return self.model_copy(
-            update={"augment": self.augment.resolved(self.data.image_size), "pretrain": self.pretrain.resolved(), "finetune": self.finetune.resolved()}
+            update={
+                "augment": self.augment.resolved(self.data.image_size),
+                "pretrain": self.pretrain.resolved(),
+                "finetune": self.finetune.resolved(),
+            }
         )
 
     def modality(self, root: str | Path = ".", source: str | None = None) -> Literal["image", "text"]:
@@ -370,17 +404,23 @@ def check_modality(cfg: PipelineConfig, root: str | Path) -> None:
     modality = cfg.modality(root)
     text_method = method in TEXT_METHODS
     if modality == "text" and not text_method:
-        raise ConfigError(f"data.unlabeled={data.unlabeled} is text, but pretrain.method={method} trains on images: set pretrain.method=mlm")
+        raise ConfigError(
+            f"data.unlabeled={data.unlabeled} is text, but pretrain.method={method} trains on images: set pretrain.method=mlm"
+        )
     if modality == "image" and text_method:
         raise ConfigError(
             f"pretrain.method={method} trains on text, but data.unlabeled={data.unlabeled} is not a text source "
             "(a .txt, .jsonl, .csv or .csv.gz file, or a folder of .txt files)"
         )
     if exists(data.labeled) and cfg.modality(root, data.labeled) != modality:
-        raise ConfigError(f"data.labeled={data.labeled} is not {modality} like data.unlabeled={data.unlabeled}: evaluate on labeled {modality}")
+        raise ConfigError(
+            f"data.labeled={data.labeled} is not {modality} like data.unlabeled={data.unlabeled}: evaluate on labeled {modality}"
+        )
 
 
-def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (), missing_ok: bool = True) -> PipelineConfig:
+def load_config(
+    path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (), missing_ok: bool = True
+) -> PipelineConfig:
     """Read ``path``, apply ``overrides``, validate (the method against the data's modality too).
 
     A missing file means all defaults, unless ``missing_ok`` is False (a file the user

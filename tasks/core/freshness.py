@@ -180,7 +180,11 @@ class Book:
         if self._declared is None:
             return list(stage.params)
         used, declared = _flat(self._used), _flat(self._declared)
-        return [key for key in used if any(key == name or key.startswith(f"{name}.") for name in stage.params) and used[key] != declared.get(key)]
+        return [
+            key
+            for key in used
+            if any(key == name or key.startswith(f"{name}.") for name in stage.params) and used[key] != declared.get(key)
+        ]
 
     def stale_reason(self, stage: Stage) -> str | None:
         """None when DVC says the stage is up to date, else why it must run."""

@@ -24,6 +24,7 @@ def dvc_hash(path: Path) -> str:
 
 def git_commit(root: Path) -> str:
     """HEAD's commit, with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

@@ -31,12 +31,16 @@ def _save(plt, fig, path: Path) -> Path:
 def training_curves(history: Sequence[dict], path: Path, title: str = "Pretraining, per epoch") -> Path:
     """Loss, embedding std and effective rank per epoch, side by side."""
     plt = _pyplot()
-    keys = [("loss", "training loss"), ("embedding_std", "std of normalised embeddings"), ("effective_rank", "effective rank of embeddings")]
+    keys = [
+        ("loss", "training loss"),
+        ("embedding_std", "std of normalised embeddings"),
+        ("effective_rank", "effective rank of embeddings"),
+    ]
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
-    for ax, (key, label) in zip(axes, keys):
+    for ax, (key, label) in zip(axes, keys, strict=True):
         ax.plot(epochs, [row[key] for row in history], marker="o")
         ax.set_title(label)
         ax.set_xlabel("epoch")
@@ -69,7 +73,9 @@ def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path, title: str =
     return _save(plt, fig, path)
 
 
-def label_efficiency_plot(rows: Sequence[dict], path: Path, title: str = "Label efficiency: fine-tuned SSL encoder vs from scratch") -> Path:
+def label_efficiency_plot(
+    rows: Sequence[dict], path: Path, title: str = "Label efficiency: fine-tuned SSL encoder vs from scratch"
+) -> Path:
     """Test accuracy against the share of labels: fine-tuned SSL encoder vs from scratch."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -79,12 +85,12 @@ def label_efficiency_plot(rows: Sequence[dict], path: Path, title: str = "Label 
         ax.plot(fractions, [row[key] for row in rows], marker="o", label=label)
     # At each point the higher value is written above its marker and the lower one below, so
     # two close values never print on top of each other.
-    for x, row in zip(fractions, rows):
+    for x, row in zip(fractions, rows, strict=True):
         high, low = sorted((key for key, _ in series), key=lambda k: row[k], reverse=True)
         ax.annotate(f"{row[high]:.3f}", (x, row[high]), textcoords="offset points", xytext=(0, 7), ha="center", va="bottom", fontsize=8)
         ax.annotate(f"{row[low]:.3f}", (x, row[low]), textcoords="offset points", xytext=(0, -7), ha="center", va="top", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xticks(fractions, [f"{f * 100:g}%\n({row['labels']})" for f, row in zip(fractions, rows)])
+    ax.set_xticks(fractions, [f"{f * 100:g}%\n({row['labels']})" for f, row in zip(fractions, rows, strict=True)])
     ax.minorticks_off()
     ax.set_xlim(min(fractions) / 1.8, max(fractions) * 1.8)  # the end labels stay inside the axes
     ax.set_xlabel("share of the train labels used (count)")
@@ -102,9 +108,9 @@ def embedding_plot(points: Sequence[Sequence[float]], labels: Sequence[int], cla
     fig, ax = plt.subplots(figsize=(7.2, 5))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for index, name in enumerate(classes):
-        members = [p for p, y in zip(points, labels) if y == index]
+        members = [p for p, y in zip(points, labels, strict=True) if y == index]
         if members:
-            xs, ys = zip(*members)
+            xs, ys = zip(*members, strict=True)
             ax.scatter(xs, ys, s=8, color=cmap(index % cmap.N), label=name)
     ax.set_title(title)
     ax.set_xticks([])
@@ -147,7 +153,9 @@ def augment_preview(images, views1, views2, path: Path, title: str = "Augmentati
     return _save(plt, fig, path)
 
 
-def masking_preview(rows: Sequence[tuple[str, str]], path: Path, title: str = "MLM preview: each document, then what the encoder sees") -> Path:
+def masking_preview(
+    rows: Sequence[tuple[str, str]], path: Path, title: str = "MLM preview: each document, then what the encoder sees"
+) -> Path:
     """Text's augment preview: per document its first tokens and the same tokens after BERT's
     masking (what the encoder gets; the pieces to predict in brackets)."""
     import textwrap

@@ -48,6 +48,6 @@ def retry_on_transient(task, task_run, state) -> bool:
     """A Prefect ``retry_condition_fn``: retry a failed task only on a transient fault."""
     try:
         state.result()
-    except Exception as error:  # the task's own exception, re-raised by result()
+    except Exception as error:  # noqa: BLE001 - the task's own exception, whatever it is, re-raised by result()
         return transient_fault(error)
     return False

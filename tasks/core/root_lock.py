@@ -66,7 +66,9 @@ def holds_root(root: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def hold_root(root: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None) -> Iterator[Path]:
+def hold_root(
+    root: str | Path, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None
+) -> Iterator[Path]:
     """Hold the root's lock for the body; yields the lock file's path.
 
     ``wait=False``: raise :class:`RootBusy` at once when another process holds it.

@@ -7,6 +7,7 @@ at the first bad one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -117,10 +118,8 @@ def _bit_depth(fmt: str | None, mode: str, head: bytes) -> int:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any accepted mode -> 8-bit RGB, upright (EXIF orientation applied)."""
-    try:
+    with contextlib.suppress(Exception):  # a damaged EXIF block is not worth losing the pixels over
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a damaged EXIF block is not worth losing the pixels over
-        pass
     if image.mode.startswith("I"):
         # 16-bit samples: scale 0..65535 to 0..255 (Pillow's own conversion clips instead).
         values = np.asarray(image, dtype=np.float64)
@@ -194,7 +193,7 @@ def describe_file(path: Path, relpath: str, max_pixels: int) -> dict:
             row.update(format=announced, fault="truncated", decode_error=f"{announced} file cut short: header unreadable")
         else:
             row.update(format=announced, fault="decode_error", decode_error=f"{announced} data that cannot be read")
-    except Exception as err:  # Pillow raises many types for damaged data; all are faults of the file
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for damaged data; all are faults of the file
         message = f"{type(err).__name__}: {err}"
         # Pillow says "truncated" whenever data runs out, also inside a damaged segment of a
         # complete file; the end marker tells a cut download from corrupt content.

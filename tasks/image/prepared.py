@@ -56,9 +56,11 @@ def accepted_rows(table_csv: Path) -> pd.DataFrame:
 def _decode_validated(root: Path, relpath: str, size: int) -> np.ndarray:
     try:
         return load_rgb(root / relpath, size)
-    except Exception as err:  # validation decoded it, so the file changed since
+    except Exception as err:  # noqa: BLE001 - validation decoded it, so the file changed since, in whatever way
         problem = f"{type(err).__name__}: {err}"
-        raise SourceError(f"{relpath}: cannot be decoded now ({problem}); it changed since validation, run `sslpipe validate` again") from None
+        raise SourceError(
+            f"{relpath}: cannot be decoded now ({problem}); it changed since validation, run `sslpipe validate` again"
+        ) from None
 
 
 def write_unlabeled(source: str | Path, table_csv: Path, out_dir: Path, image_size: int, downloads: Path | None = None) -> int:

@@ -21,8 +21,8 @@ import torch
 from ssl_models.augment import ViewPolicy
 from ssl_models.backbones import describe as describe_backbone
 from ssl_models.distributed import is_main
-from ssl_models.launch import launch
 from ssl_models.encoder import Encoder, save_encoder
+from ssl_models.launch import launch
 from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import EpochStats, TrainingDiverged
 from ssl_models.training import pretrain as train_method

@@ -23,6 +23,7 @@ the folder stays the data version. ``ShardReader`` implements ``ssl_models.data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -90,7 +91,7 @@ class ShardWriter:
             self._file.close()
         n = min(self.per_shard, self.count - self.written)
         name = f"shard-{len(self.shards):05d}.npy"
-        self._file = open(self.out_dir / name, "wb")
+        self._file = open(self.out_dir / name, "wb")  # noqa: SIM115 - stays open across add() calls; close() closes it
         self._file.write(_header(n, self.image_size))
         self.shards.append({"file": name, "count": n})
 
@@ -177,7 +178,5 @@ class ShardReader:
         self._fds = []
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown anything may be gone already
             self.close()
-        except Exception:  # interpreter shutdown
-            pass

@@ -168,7 +168,7 @@ def open_source(source: str | Path, downloads: Path | None = None, refused: list
     """
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
-        yield export_torchvision(text[len(TORCHVISION_PREFIX):], downloads or Path("data/downloads"))
+        yield export_torchvision(text[len(TORCHVISION_PREFIX) :], downloads or Path("data/downloads"))
         return
     path = Path(source)
     if not path.exists():

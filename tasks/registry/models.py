@@ -71,7 +71,9 @@ def _text_signature(outputs: int):
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs))]))
 
 
-def _log(model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], model_type: str, outputs: int, input_example, metadata: dict) -> str:
+def _log(
+    model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], model_type: str, outputs: int, input_example, metadata: dict
+) -> str:
     import mlflow
     from mlflow.models import Model
 
@@ -134,15 +136,27 @@ def log_text_encoder_model(encoder_dir: str | Path, name: str, run_id: str | Non
     strings in (a ``text`` column), mean-pooled embeddings out. ``input_example``: a few documents."""
     encoder_dir = Path(encoder_dir)
     config = json.loads((encoder_dir / CONFIG_FILE).read_text())
-    metadata = {"modality": "text", "feature_dim": int(config["feature_dim"]), "max_len": int(config["backbone_kwargs"]["max_len"]), "output": "embeddings"}
+    metadata = {
+        "modality": "text",
+        "feature_dim": int(config["feature_dim"]),
+        "max_len": int(config["backbone_kwargs"]["max_len"]),
+        "output": "embeddings",
+    }
     return _log(encoder_dir, name, run_id, tags, "ssl-text-encoder", metadata["feature_dim"], input_example, metadata)
 
 
-def log_text_classifier_model(classifier_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example: list[str]) -> str:
+def log_text_classifier_model(
+    classifier_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example: list[str]
+) -> str:
     """Log a text classifier (weights.pt + config.json with ``classes`` + tokenizer.json): strings in, logits out."""
     classifier_dir = Path(classifier_dir)
     config = json.loads((classifier_dir / CONFIG_FILE).read_text())
-    metadata = {"modality": "text", "num_classes": int(config["num_classes"]), "classes": list(config.get("classes", [])), "output": "logits"}
+    metadata = {
+        "modality": "text",
+        "num_classes": int(config["num_classes"]),
+        "classes": list(config.get("classes", [])),
+        "output": "logits",
+    }
     return _log(classifier_dir, name, run_id, tags, "ssl-text-classifier", metadata["num_classes"], input_example, metadata)
 
 
@@ -205,7 +219,9 @@ def describe_version(client, name: str, version: str | int, text: str) -> None:
     client.update_model_version(name, str(version), description=text)
 
 
-def load_registered_encoder(uri: str = "models:/ssl-encoder@champion", root: Path | None = None, experiment: str = "ssl-pipeline") -> Encoder:
+def load_registered_encoder(
+    uri: str = "models:/ssl-encoder@champion", root: Path | None = None, experiment: str = "ssl-pipeline"
+) -> Encoder:
     """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and rebuild the encoder, weights only."""
     import mlflow
 

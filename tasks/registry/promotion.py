@@ -133,7 +133,9 @@ def champion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
     while True:
         tags = {"token": token, "holder": holder, "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "expires": repr(time.time() + LEASE_S)}
         try:
-            client.create_registered_model(lock, tags=tags, description=f"promotion-gate lock of {name}, held by {holder}; deleted when done")
+            client.create_registered_model(
+                lock, tags=tags, description=f"promotion-gate lock of {name}, held by {holder}; deleted when done"
+            )
             break
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -141,7 +143,10 @@ def champion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
         _take_over_if_stale(client, lock)
         if time.monotonic() > deadline:
             state = _lock_state(client, lock) or {}
-            raise PromotionError(f"registered model {lock} (the promotion-gate lock) has been held for {timeout:.0f} s by {state.get('holder', '?')} since {state.get('since', '?')}")
+            raise PromotionError(
+                f"registered model {lock} (the promotion-gate lock) has been held for {timeout:.0f} s by "
+                f"{state.get('holder', '?')} since {state.get('since', '?')}"
+            )
         time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: waiters do not retry in lockstep
         delay = min(delay * 2, 5.0)
     stop = threading.Event()
@@ -194,7 +199,10 @@ class Decision:
             " (re-evaluated on this data)" if self.champion_reevaluated else ""
         )
         verdict = "promoted to champion" if self.promoted else "not promoted"
-        return f"version {self.challenger_version} {verdict}: probe {self.challenger_acc:.4f} vs {against}, min improvement {self.min_improvement:g}"
+        return (
+            f"version {self.challenger_version} {verdict}: probe {self.challenger_acc:.4f} vs {against}, "
+            f"min improvement {self.min_improvement:g}"
+        )
 
 
 def beats(challenger_acc: float, champion_acc: float, min_improvement: float) -> bool:
@@ -222,7 +230,7 @@ def comparable(a, b) -> bool:
 
 
 def modality_of(model_version) -> str:
-    """"text" or "image" (versions registered before text existed carry no tag: images)."""
+    """ "text" or "image" (versions registered before text existed carry no tag: images)."""
     return model_version.tags.get("modality", "image")
 
 
@@ -245,7 +253,7 @@ def _set_champion(client, name: str, alias: str, version: str | int, previous: s
     client.set_registered_model_alias(name, alias, version)
     _check_alias(client, name, alias, version)
     if previous is not None and previous != version:
-        history = (_history(client, name) + [previous])[-HISTORY_LIMIT:]
+        history = [*_history(client, name), previous][-HISTORY_LIMIT:]
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
         client.set_model_version_tag(name, version, "previous_champion", previous)
 

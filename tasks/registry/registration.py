@@ -14,10 +14,10 @@ from pathlib import Path
 from tasks.core.atomic import write_json
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
-from tasks.registry.models import describe_version, version_description
-from tasks.registry.promotion import gate, registry_lock
 from tasks.core.results import Evaluation, Prepared, Pretrained, Registered, file_sha256
 from tasks.evaluation.scoring import protocol_version, summary_table
+from tasks.registry.models import describe_version, version_description
+from tasks.registry.promotion import gate, registry_lock
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def check_scores_belong(pretrained: Pretrained, evaluation: Evaluation) -> None:
     """Refuse to register scores of another encoder (a rerun, or another run's files)."""
     actual = file_sha256(Path(pretrained.encoder_dir) / "weights.pt")
     if actual != pretrained.weights_sha256:
-        raise MismatchedScores(f"{pretrained.encoder_dir}: the weights changed since pretraining finished (sha256 {actual[:12]}); run the pipeline again")
+        raise MismatchedScores(
+            f"{pretrained.encoder_dir}: the weights changed since pretraining finished (sha256 {actual[:12]}); run the pipeline again"
+        )
     if (evaluation.encoder_sha256, evaluation.run_id) != (pretrained.weights_sha256, pretrained.run_id):
         raise MismatchedScores(
             f"the metrics score encoder {evaluation.encoder_sha256[:12]} of run {evaluation.run_id}, not the one to register "
@@ -43,7 +45,9 @@ def check_scores_belong(pretrained: Pretrained, evaluation: Evaluation) -> None:
         )
 
 
-def register_version_and_gate(root: Path, cfg: PipelineConfig, model_name: str, model_id: str, tags: dict[str, str], rescore: Callable[[object], float]):
+def register_version_and_gate(
+    root: Path, cfg: PipelineConfig, model_name: str, model_id: str, tags: dict[str, str], rescore: Callable[[object], float]
+):
     """Register the logged model as a new version of ``model_name`` with ``register.alias``, then
     the promotion gate (``rescore(model_version)``: a champion's probe accuracy on the current data).
 
@@ -77,12 +81,18 @@ def lineage_tags(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, 
     }
 
 
-def record_registration(ctx: StageContext, model_name: str, version, decision, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation) -> Registered:
+def record_registration(
+    ctx: StageContext, model_name: str, version, decision, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation
+) -> Registered:
     """After the gate: the version's description, the run's tags, reports/registered.json."""
     import mlflow
 
     cfg, tracker = ctx.cfg, ctx.tracker
-    facts = {"data version": tracker.tag("data_version"), "evaluation data version": prepared.eval_data_version, "MLflow run": pretrained.run_id}
+    facts = {
+        "data version": tracker.tag("data_version"),
+        "evaluation data version": prepared.eval_data_version,
+        "MLflow run": pretrained.run_id,
+    }
     description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
     describe_version(mlflow.MlflowClient(), model_name, version.version, description)
     # The run's description too: the UI shows it above the run's metrics, results before the

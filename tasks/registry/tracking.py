@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import time
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,7 +203,9 @@ def _runs_of_root(client, root: Path, extra: str = "") -> list:
     if not experiments:
         return []
     host = socket.gethostname().replace("'", "")
-    where = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'{extra}"
+    where = (
+        f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}' and tags.`{TAG_ROOT}` = '{str(root).replace(chr(39), '')}'{extra}"
+    )
     return client.search_runs(experiments, filter_string=where, run_view_type=ViewType.ALL, max_results=1000)
 
 

@@ -45,7 +45,7 @@ def preview(ctx: StageContext, prepared: Prepared, path: Path) -> Path:
     def show(row: torch.Tensor, picked: torch.Tensor | None = None) -> str:
         pieces = [tokenizer.id_to_token(int(t)) for t in row if int(t) != PAD_ID]
         if picked is not None:
-            pieces = [f"[{p}]" if hit else p for p, hit in zip(pieces, picked.tolist())]
+            pieces = [f"[{p}]" if hit else p for p, hit in zip(pieces, picked.tolist(), strict=False)]
         return " ".join(pieces)
 
     rows = [(show(ids[i]), show(corrupted[i], selected[i])) for i in range(min(cfg.augment.preview_images, len(ids)))]

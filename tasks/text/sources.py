@@ -55,7 +55,7 @@ class Document:
 
 
 def _base_suffix(path: Path) -> str:
-    """".csv" for news.csv and news.csv.gz."""
+    """ ".csv" for news.csv and news.csv.gz."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]

@@ -54,7 +54,9 @@ def test_corrupt_file_stops_run_at_validation_and_registers_nothing(project, mlf
 
 def test_serve_without_a_server_explains_what_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    out = subprocess.run([str(BIN / "sslpipe"), "serve", "--cron", "0 3 * * *"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "sslpipe"), "serve", "--cron", "0 3 * * *"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60
+    )
     assert out.returncode == 2
     assert "prefect server start" in out.stderr and "Traceback" not in out.stderr
 

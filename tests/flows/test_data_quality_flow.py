@@ -2,13 +2,12 @@
 sqlite MLflow store. Stop registers nothing and leaves the training data as it was;
 quarantine trains on exactly the good files."""
 
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
 from flows.pipeline import ssl_pipeline
-from tasks.image.shards import ShardReader
 from tasks.core.config import load_config
+from tasks.image.shards import ShardReader
 from tests import dirty_dump
 from tests.dirty_dump import EXPECTED
 from tests.flows.test_cli import sslpipe

@@ -59,7 +59,7 @@ def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, m
     assert torch.allclose(classifier(images), load_classifier(project / "models" / "classifier")(images))
 
     base = load_encoder(champion.encoder)
-    for (name, tuned), (_, original) in zip(classifier.encoder.named_parameters(), base.named_parameters()):
+    for (name, tuned), (_, original) in zip(classifier.encoder.named_parameters(), base.named_parameters(), strict=True):
         assert torch.allclose(tuned, original, atol=1e-6), name
 
 

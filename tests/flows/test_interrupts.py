@@ -34,7 +34,9 @@ sys.exit(run_guarded("run", body))
 
 def test_a_main_thread_stuck_in_c_code_still_exits_with_the_run_killed(tmp_path, mlflow_store):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", STUCK, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     run_id = proc.stdout.readline().strip()
     time.sleep(1)
     start = time.monotonic()

@@ -45,7 +45,7 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert state.is_completed(), state.message
     result = state.result()
     flow_run_id = state.state_details.flow_run_id
-    assert _task_runs(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
+    assert _task_runs(flow_run_id) == dict.fromkeys(STAGES, "COMPLETED")
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     registered = result["registered"]

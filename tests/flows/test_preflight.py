@@ -11,7 +11,7 @@ CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 def test_unreachable_mlflow_fails_fast_naming_the_uri():
     start = time.monotonic()
-    with pytest.raises(ServiceUnavailable, match="127.0.0.1:9"):
+    with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:9"):
         check_mlflow(CLOSED)
     assert time.monotonic() - start < 30
 

@@ -196,5 +196,5 @@ def test_two_runs_on_one_root_never_mix(project, mlflow_store):
         printed[version] = stdout.split("MLflow run ")[1].split()[0]
     assert {v: versions[v].run_id for v in versions} == printed  # each version belongs to its own run
     assert printed[1] != printed[2]
-    for version, run_id in printed.items():
+    for run_id in printed.values():
         assert client.get_run(run_id).info.status == "FINISHED"

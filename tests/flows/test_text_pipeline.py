@@ -23,7 +23,7 @@ STAGES = ("validate", "ingest", "augment", "pretrain", "evaluate", "register")
 def text_project(tmp_path, tiny_text, mlflow_store):
     root = tmp_path / "text_project"
     (root / "input").mkdir(parents=True)
-    for name, src in tiny_text.items():
+    for src in tiny_text.values():
         shutil.copy(src, root / "input" / src.name)
     write_params(root, "input/news.csv.gz", "input/news_labeled.csv.gz", **TINY_TEXT_PARAMS)
     return root

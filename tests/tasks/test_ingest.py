@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.image.shards import ShardReader
-from tasks.core.config import ValidateConfig
 from tasks.core.atomic import staged_dir
+from tasks.core.config import ValidateConfig
 from tasks.image.prepared import accepted_rows, load_rgb
 from tasks.image.prepared import write_unlabeled as ingest_unlabeled
-from tasks.validation.source_check import validate_source
+from tasks.image.shards import ShardReader
 from tasks.image.sources import SourceError, export_dataset, list_images, open_source
+from tasks.validation.source_check import validate_source
 
 
 def _validated(source, out_dir, name="unlabeled"):
@@ -87,11 +87,10 @@ def test_failed_ingest_leaves_previous_output_untouched(tmp_path, tiny_data):
     shutil.copytree(tiny_data["labeled"], changed)
     table = _validated(changed, tmp_path / "v", "labeled")
     next((changed / "test" / "ship").glob("*.jpg")).write_bytes(b"now broken")  # changed since validation
-    with pytest.raises(SourceError, match="changed since validation"):
-        with staged_dir(out) as staging:
-            from tasks.image.prepared import write_labeled
+    with pytest.raises(SourceError, match="changed since validation"), staged_dir(out) as staging:
+        from tasks.image.prepared import write_labeled
 
-            write_labeled(changed, table, staging, 32)
+        write_labeled(changed, table, staging, 32)
     assert (out / "train_images.npy").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []  # no staging left behind
 
@@ -117,9 +116,8 @@ def test_ingest_fails_closed_without_a_usable_table(tmp_path):
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
-    with pytest.raises(SourceError, match="no such file"):
-        with open_source(tmp_path / "nope"):
-            pass
+    with pytest.raises(SourceError, match="no such file"), open_source(tmp_path / "nope"):
+        pass
 
 
 def test_torchvision_dataset_export_on_local_files(tmp_path, tiny_data):

@@ -37,10 +37,25 @@ def _file(module: str) -> str:
 
 def test_code_deps_follow_the_imports():
     pretrain = stage_code_deps(STAGES["pretrain"])
-    assert {"tasks/pretrain.py", "tasks/image/pretrain.py", "tasks/text/pretrain.py", "tasks/image/prepared.py", "ssl_models/training.py"} <= set(pretrain)
-    assert {"ssl_models/methods/simclr.py", "ssl_models/methods/mae.py", "ssl_models/methods/mlm.py", "ssl_models/augment.py"} <= set(pretrain)
+    assert {
+        "tasks/pretrain.py",
+        "tasks/image/pretrain.py",
+        "tasks/text/pretrain.py",
+        "tasks/image/prepared.py",
+        "ssl_models/training.py",
+    } <= set(pretrain)
+    assert {"ssl_models/methods/simclr.py", "ssl_models/methods/mae.py", "ssl_models/methods/mlm.py", "ssl_models/augment.py"} <= set(
+        pretrain
+    )
     ingest = stage_code_deps(STAGES["ingest"])
-    assert {"tasks/ingest.py", "tasks/image/ingest.py", "tasks/image/prepared.py", "tasks/image/imaging.py", "tasks/text/tokens.py", "tasks/core/atomic.py"} <= set(ingest)
+    assert {
+        "tasks/ingest.py",
+        "tasks/image/ingest.py",
+        "tasks/image/prepared.py",
+        "tasks/image/imaging.py",
+        "tasks/text/tokens.py",
+        "tasks/core/atomic.py",
+    } <= set(ingest)
     register = stage_code_deps(STAGES["register"])
     assert {"tasks/registry/promotion.py", "tasks/evaluation/scoring.py", "ssl_models/evaluation.py"} <= set(register)
 
@@ -55,7 +70,11 @@ def test_a_stage_depends_on_no_code_it_cannot_run():
         assert {_file(module) for module in stage.modules} <= deps
     for name in ("validate", "ingest"):
         deps = stage_code_deps(STAGES[name])
-        assert not [path for path in deps if path.startswith("ssl_models/methods/") or path in ("ssl_models/training.py", "tasks/registry/promotion.py")], name
+        assert not [
+            path
+            for path in deps
+            if path.startswith("ssl_models/methods/") or path in ("ssl_models/training.py", "tasks/registry/promotion.py")
+        ], name
     # The config's own imports (the SSL methods) are not followed: a method change reruns pretrain, not ingest.
     assert "ssl_models/methods/mae.py" not in code_deps("tasks.core.config")
 

@@ -75,10 +75,9 @@ def test_staged_dir_failure_half_way_keeps_the_old_folder(tmp_path):
     target = tmp_path / "unlabeled"
     target.mkdir()
     (target / "old.npy").write_text("old")
-    with pytest.raises(Boom):
-        with staged_dir(target) as staging:
-            (staging / "images.npy").write_text("half")
-            raise Boom
+    with pytest.raises(Boom), staged_dir(target) as staging:
+        (staging / "images.npy").write_text("half")
+        raise Boom
     assert sorted(p.name for p in target.iterdir()) == ["old.npy"]
     assert debris(tmp_path) == []
 

@@ -46,5 +46,9 @@ def test_a_stage_is_up_to_date_exactly_when_dvc_lock_says_so(tmp_path):
 
 
 def test_status_reads_as_a_short_reason():
-    changes = [{"changed deps": {"ssl_models/methods/mae.py": "modified"}}, {"changed outs": {"models/encoder": "deleted"}}, "changed command"]
+    changes = [
+        {"changed deps": {"ssl_models/methods/mae.py": "modified"}},
+        {"changed outs": {"models/encoder": "deleted"}},
+        "changed command",
+    ]
     assert describe_status(changes) == "changed deps: ssl_models/methods/mae.py; changed outs: models/encoder (deleted); changed command"

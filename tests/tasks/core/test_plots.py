@@ -14,7 +14,10 @@ from tasks.core import plots
 HISTORY = [{"epoch": e, "loss": 5 - e, "embedding_std": 0.1 * e, "effective_rank": 3 * e} for e in range(1, 4)]
 METRICS = {"ssl": {"linear_probe_acc": 0.42, "knn_acc": 0.37}, "random_init": {"linear_probe_acc": 0.31, "knn_acc": 0.29}}
 # Close values at every fraction: the case where labels collided.
-ROWS = [{"fraction": f, "labels": n, "ssl_finetune": a, "scratch": a - 0.004} for f, n, a in ((0.01, 20, 0.14), (0.1, 200, 0.35), (1.0, 2000, 0.43))]
+ROWS = [
+    {"fraction": f, "labels": n, "ssl_finetune": a, "scratch": a - 0.004}
+    for f, n, a in ((0.01, 20, 0.14), (0.1, 200, 0.35), (1.0, 2000, 0.43))
+]
 
 
 def _texts(monkeypatch):

@@ -33,9 +33,8 @@ def start_holder(root: Path, seconds: float) -> subprocess.Popen:
 def test_busy_root_names_the_holder(tmp_path):
     holder = start_holder(tmp_path, 60)
     try:
-        with pytest.raises(RootBusy) as err:
-            with hold_root(tmp_path, wait=False):
-                pass
+        with pytest.raises(RootBusy) as err, hold_root(tmp_path, wait=False):
+            pass
         message = str(err.value)
         assert f"pid {holder.pid}" in message and socket.gethostname() in message and "holder-process" in message
     finally:

@@ -21,7 +21,14 @@ from mlflow import MlflowClient
 
 from ssl_models.encoder import Encoder, load_encoder, save_encoder
 from ssl_models.finetune import Classifier, load_classifier, save_classifier
-from tasks.registry.models import weights_dir, describe_version, log_classifier_model, log_encoder_model, log_training_dataset, version_description
+from tasks.registry.models import (
+    describe_version,
+    log_classifier_model,
+    log_encoder_model,
+    log_training_dataset,
+    version_description,
+    weights_dir,
+)
 from tasks.registry.tracking import use_store
 
 IMAGES = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
@@ -61,7 +68,7 @@ def test_registered_encoder_loads_as_pyfunc_and_gives_the_encoders_embeddings(en
     assert signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
     assert signature.outputs.inputs[0].shape == (-1, 32)
     # The signature guards the door: a batch of the wrong shape is refused with a message.
-    with pytest.raises(mlflow.exceptions.MlflowException, match="[Ss]hape"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"[Ss]hape"):
         model.predict(IMAGES[:, :, :16, :16])
 
     client = MlflowClient()
@@ -141,7 +148,23 @@ def test_mlflow_models_serve_answers_with_embeddings(tmp_path, encoder_dir, run_
         "MLFLOW_TRACKING_URI": mlflow_store,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ssl-encoder@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/ssl-encoder@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     log = tmp_path / "serve.log"
     server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:

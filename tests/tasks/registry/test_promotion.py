@@ -15,13 +15,13 @@ from mlflow import MlflowClient
 from ssl_models.encoder import load_encoder
 from tasks.core.config import load_config
 from tasks.core.layout import Layout
-from tasks.registry.models import log_encoder_model
-from tasks.image.prepared import load_labeled
-from tasks.registry.promotion import registry_lock
-from tasks.image.register import register_and_gate
-from tasks.registry.registration import gate_tags
 from tasks.core.results import Prepared, Pretrained
 from tasks.evaluation.scoring import probe_accuracy
+from tasks.image.prepared import load_labeled
+from tasks.image.register import register_and_gate
+from tasks.registry.models import log_encoder_model
+from tasks.registry.promotion import registry_lock
+from tasks.registry.registration import gate_tags
 from tasks.registry.tracking import use_store
 from tests.conftest import make_registrable_project, register_stage, write_probe_metrics
 

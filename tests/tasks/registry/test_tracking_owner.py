@@ -58,9 +58,8 @@ def test_an_interrupted_run_ends_killed(tmp_path, mlflow_store):
     tasks.registry.tracking._open_runs.clear()  # runs other tests of this process left behind
     tasks.registry.tracking._ended_unfinished.clear()
     use_store(tmp_path, "ssl-pipeline")
-    with pytest.raises(KeyboardInterrupt):
-        with tracked_run(tmp_path) as run:
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), tracked_run(tmp_path) as run:
+        raise KeyboardInterrupt
     client = MlflowClient(mlflow_store)
     assert client.get_run(run.info.run_id).info.status == "FAILED"  # what MLflow makes of it
     assert end_interrupted_runs() == [run.info.run_id]
@@ -69,9 +68,8 @@ def test_an_interrupted_run_ends_killed(tmp_path, mlflow_store):
 
 def test_a_plain_mlflow_run_an_interrupt_went_through_ends_killed(tmp_path, mlflow_store):
     use_store(tmp_path, "ssl-pipeline")
-    with pytest.raises(KeyboardInterrupt):
-        with mlflow.start_run() as run:
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), mlflow.start_run() as run:
+        raise KeyboardInterrupt
     assert end_interrupted_runs() == [run.info.run_id]
     assert MlflowClient(mlflow_store).get_run(run.info.run_id).info.status == "KILLED"
 
