@@ -1,7 +1,7 @@
 """Promotion gate: which registered encoder version is ``@champion``.
 
 Every evaluated encoder is registered as a new version with alias ``@challenger``
-(tasks/register.py). It then becomes ``@champion`` only if its linear-probe accuracy
+(the register stage, tasks/register.py). It then becomes ``@champion`` only if its linear-probe accuracy
 beats the champion's by at least ``register.min_improvement``:
 
     no champion yet                                   -> promoted (reason "first")

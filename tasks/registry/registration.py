@@ -1,8 +1,8 @@
 """Registering a scored encoder, for either modality: the checks and the gate around it.
 
-Shared by the register stages of images (tasks/register.py) and text
-(tasks/text/pipeline.py), which differ only in how the model is logged and how a champion
-is re-scored on the current evaluation data.
+Used by the register stage's shell (tasks/register.py) for every modality; the modality's
+part says how the model is logged and how a champion is re-scored on the current evaluation
+data.
 """
 
 from __future__ import annotations
