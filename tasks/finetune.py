@@ -63,7 +63,7 @@ class EncoderRef:
 
 
 def finetune_modality(layout: Layout, cfg: PipelineConfig) -> str:
-    """"text" when ``finetune.data`` is labeled text, else "image"."""
+    """The modality of ``finetune.data``: "text" when it is labeled text, else "image"."""
     return cfg.modality(layout.root, cfg.finetune.data)
 
 
@@ -131,8 +131,9 @@ def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, sour
         report, _ = run_checks(checks, source, "finetune", validation)
         if not report.success:
             return Prepared(False, report.summary())
-        counts = ingest_text_labeled(source, layout.finetune_data, Path(encoder.local_dir) / TOKENIZER_FILE, validation / "finetune_table.csv",
-                                     test_fraction=d.test_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
+        tokenizer, table = Path(encoder.local_dir) / TOKENIZER_FILE, validation / "finetune_table.csv"
+        counts = ingest_text_labeled(source, layout.finetune_data, tokenizer, table, test_fraction=d.test_fraction,
+                                     text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
     except SourceError as err:
         return Prepared(False, str(err))
     return Prepared(True, report.summary(), counts)

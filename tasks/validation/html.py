@@ -27,20 +27,25 @@ if TYPE_CHECKING:
 MAX_FILES = 200  # offending rows listed; the table CSV holds them all
 
 CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328; margin: 0; background: #f6f8fa; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328; margin: 0;
+       background: #f6f8fa; }
 main { max-width: 1040px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; box-sizing: border-box; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
 .meta { color: #57606a; font-size: 13px; margin-bottom: 16px; word-break: break-all; }
-.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; font-size: 13px; vertical-align: middle; margin-left: 8px; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; font-size: 13px; vertical-align: middle;
+         margin-left: 8px; }
 .pass { background: #dafbe1; color: #116329; } .fail { background: #ffebe9; color: #a40e26; }
-.decision { padding: 10px 14px; border-left: 4px solid; margin: 12px 0; } .decision.pass { border-color: #1a7f37; } .decision.fail { border-color: #cf222e; }
+.decision { padding: 10px 14px; border-left: 4px solid; margin: 12px 0; }
+.decision.pass { border-color: #1a7f37; } .decision.fail { border-color: #cf222e; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
 .card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .card b { display: block; font-size: 20px; } .card span { color: #57606a; font-size: 12px; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0; font-size: 13px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px;
+       border-radius: 4px; overflow-wrap: anywhere; }
 td.rule code { white-space: nowrap; }
 .muted { color: #57606a; } .bad { color: #a40e26; font-weight: 600; }
 footer { margin-top: 32px; color: #57606a; font-size: 12px; }
@@ -192,7 +197,8 @@ def render(
             _statistics(report, unit),
             _composition(table),
             docs_line,
-            f"<footer>sslpipe validation report, generated {generated}. Self-contained: no scripts, nothing loaded from the network.</footer>",
+            f"<footer>sslpipe validation report, generated {generated}. "
+            "Self-contained: no scripts, nothing loaded from the network.</footer>",
         ]
     )
     return (

@@ -82,7 +82,7 @@ class ValidationReport:
         rows += [f"| {k} | {v:.4f} |" for k, v in self.statistics.items()]
         failures = [line for f in self.failures for line in f.lines()]
         files = [f"- `{line}`" for line in self.bad_files]
-        return "\n".join(rows + ["", *failures, "", *files])
+        return "\n".join([*rows, "", *failures, "", *files])
 
 
 def report_metrics(report: dict) -> dict[str, float]:

@@ -102,8 +102,7 @@ def test_the_shell_writes_and_logs_the_same_for_every_modality(modality, tmp_pat
 
     # A rerun replaces the Data Docs whole and leaves no staging names behind.
     assert validate(_context(modality, tmp_path / "project", unlabeled, labeled, QUARANTINE)).success
-    leftovers = [p for p in layout.validation.rglob(".staging-*")]
-    assert leftovers == [] and (layout.validation / "data_docs" / "unlabeled" / "index.html").exists()
+    assert list(layout.validation.rglob(".staging-*")) == [] and (layout.validation / "data_docs" / "unlabeled" / "index.html").exists()
 
 
 @pytest.mark.parametrize("modality", PARTS)
