@@ -9,8 +9,11 @@ the table with its ``accepted`` column (ingest reads exactly those rows) and GX 
 (``Validated.success`` is False), not an exception: the flow ends Failed with the report, the
 CLI prints it and exits 2. A source that cannot be read at all raises ``SourceError`` (one line).
 
-``ctx.part`` is the modality's module (tasks/image/validate.py, tasks/text/validate.py): a
-:class:`ValidatePart`.
+The modality's part (``ctx.part``, tasks/<modality>/validate.py) is a :class:`ValidatePart`:
+
+    checks(ctx, labeled) -> Checks     how to read a source into a per-item table, the per-item rules
+                                       and GX expectations, the drift statistics, and its ``unit``
+                                       (tasks/validation/source_check.py; ImageChecks, DocumentChecks)
 """
 
 from __future__ import annotations
