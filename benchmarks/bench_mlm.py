@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> dict:
     from ssl_models.methods.mlm import MLM
     from ssl_models.text import TextEncoder
     from ssl_models.training import TrainSettings, pretrain
-    from tasks.core.config import EvaluateConfig
+    from tasks.core.config import EvaluateConfig, ValidateConfig
     from tasks.text.features import evaluate_text_encoders, label_efficiency
     from tasks.text.tokens import (
         continuation_ids,
@@ -47,10 +47,12 @@ def run(args: argparse.Namespace) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         reports = {}
         if not args.skip_validation:
-            from tasks.text.checks import validate_text_source
+            from tasks.text.checks import DocumentChecks
+            from tasks.validation.source_check import run_checks
 
             for name, source, labeled in (("unlabeled", args.unlabeled, False), ("labeled", args.labeled, True)):
-                report, _ = validate_text_source(source, name, root / "validation", labeled=labeled, reference=root / "reference.json")
+                checks = DocumentChecks(ValidateConfig(), labeled=labeled)
+                report, _ = run_checks(checks, source, name, root / "validation", reference=root / "reference.json")
                 reports[name] = report.summary()
                 assert report.success, report.summary()
         seconds["validate"], cpu_seconds["validate"] = time.perf_counter() - started, time.process_time() - cpu_started

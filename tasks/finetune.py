@@ -36,12 +36,13 @@ from tasks.core.atomic import staged_dir, write_json
 from tasks.core.config import PipelineConfig
 from tasks.core.layout import Layout
 from tasks.core.lineage import dvc_hash, git_commit
-from tasks.registry.models import log_classifier_model, weights_dir
+from tasks.image.checks import ImageChecks
 from tasks.image.prepared import load_classes, load_labeled, write_labeled
-from tasks.registry.promotion import current_champion, registry_lock
-from tasks.validation.source_check import validate_source
 from tasks.image.sources import SourceError
+from tasks.registry.models import log_classifier_model, weights_dir
+from tasks.registry.promotion import current_champion, registry_lock
 from tasks.registry.tracking import Tracker, use_store
+from tasks.validation.source_check import run_checks
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class EncoderRef:
 
 
 def finetune_modality(layout: Layout, cfg: PipelineConfig) -> str:
-    """"text" when ``finetune.data`` is labeled text, else "image"."""
+    """The modality of ``finetune.data``: "text" when it is labeled text, else "image"."""
     return cfg.modality(layout.root, cfg.finetune.data)
 
 
@@ -107,7 +108,7 @@ def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, encoder: Encoder
     if encoder.modality == "text":
         return _prepare_text(layout, cfg, encoder, source, validation)
     image_size = encoder.image_size
-    report = validate_source(source, "finetune", cfg.validate, validation, layout.downloads, image_size=image_size, labeled=True)
+    report, _ = run_checks(ImageChecks(cfg.validate, image_size, downloads=layout.downloads, labeled=True), source, "finetune", validation)
     if not report.success:
         return Prepared(False, report.summary())
     try:
@@ -121,18 +122,18 @@ def finetune_prepare_stage(layout: Layout, cfg: PipelineConfig, encoder: Encoder
 
 def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, source: str, validation: Path) -> Prepared:
     from ssl_models.text import TOKENIZER_FILE
+    from tasks.text.checks import DocumentChecks
     from tasks.text.tokens import ingest_text_labeled
-    from tasks.text.checks import TextRules, validate_text_source
 
-    v, d = cfg.validate, cfg.data
-    rules = TextRules.from_config(v, drift=False)
-    try:
-        report, _ = validate_text_source(source, "finetune", validation, labeled=True, rules=rules, on_fail=v.on_fail,
-                                         max_bad_fraction=v.max_bad_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
+    d = cfg.data
+    try:  # no drift reference: a fine-tuning set is judged on its own
+        checks = DocumentChecks(cfg.validate, labeled=True, text_columns=d.text_columns, label_column=d.label_column)
+        report, _ = run_checks(checks, source, "finetune", validation)
         if not report.success:
             return Prepared(False, report.summary())
-        counts = ingest_text_labeled(source, layout.finetune_data, Path(encoder.local_dir) / TOKENIZER_FILE, validation / "finetune_table.csv",
-                                     test_fraction=d.test_fraction, text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
+        tokenizer, table = Path(encoder.local_dir) / TOKENIZER_FILE, validation / "finetune_table.csv"
+        counts = ingest_text_labeled(source, layout.finetune_data, tokenizer, table, test_fraction=d.test_fraction,
+                                     text_columns=d.text_columns, label_column=d.label_column)  # fmt: skip
     except SourceError as err:
         return Prepared(False, str(err))
     return Prepared(True, report.summary(), counts)

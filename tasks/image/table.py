@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.core.atomic import save_with
 from tasks.image.imaging import describe_files, hash_file
 from tasks.image.sources import Listing
 
@@ -103,7 +104,7 @@ class TableCache:
             return
         try:
             cached = pd.read_parquet(path)
-        except Exception as err:  # a damaged cache only costs time
+        except Exception as err:  # noqa: BLE001 - a damaged cache only costs time
             log.warning("ignoring the validation cache %s: %s", path, err)
             return
         cached = cached[(cached["cache_key"] == self.key) & cached["sha256"].notna()]
@@ -117,10 +118,7 @@ class TableCache:
         if self.path is None:
             return
         rows = table[table["sha256"].notna()].assign(source=self.source, cache_key=self.key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        rows.to_parquet(tmp, index=False)
-        tmp.replace(self.path)
+        save_with(self.path, lambda tmp: rows.to_parquet(tmp, index=False))
 
 
 def build_table(root: Path, listing: Listing, max_pixels: int, cache: TableCache | None = None, workers: int = 0) -> pd.DataFrame:

@@ -1,26 +1,28 @@
-"""The Great Expectations side of validation: the suite (tasks/validation/expectations.py) run as a
-GX Checkpoint over a per-file table, with Data Docs, and its failures read back."""
+"""The Great Expectations side of validation: a modality's expectations (its ``Checks``, see
+tasks/validation/source_check.py) run as a GX suite in a Checkpoint over its per-item table,
+with Data Docs, and its failures read back."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tasks.validation.expectations import STAT_COLUMNS, Rules
 from tasks.validation.report import MAX_EXAMPLES, Failure
 
-GX_COLUMNS = ["path", "format", "mode", "width", "height", "channels", "bit_depth", "sha256", "decode_error", "std_max", *STAT_COLUMNS]
+if TYPE_CHECKING:
+    from tasks.validation.source_check import Checks
 
 
 class Checkpoints:
     """One ephemeral GX context per source; every checkpoint run lands in one Data Docs site."""
 
-    def __init__(self, name: str, rules: Rules, reference: dict[str, float] | None, docs_dir: Path | None):
+    def __init__(self, name: str, checks: Checks, reference: dict | None, docs_dir: Path | None):
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        self.name, self.docs = name, docs_dir is not None
+        self.name, self.checks, self.docs = name, checks, docs_dir is not None
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one line per table, not per metric
         if docs_dir is not None:
@@ -28,7 +30,10 @@ class Checkpoints:
             site = {"class_name": "SiteBuilder", "store_backend": backend, "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
             self.context.add_data_docs_site(site_name="sslpipe", site_config=site)
         self.source = self.context.data_sources.add_pandas(name)
-        self.suite = self.context.suites.add(rules.suite(name, reference))  # GX builds suites inside a context
+        suite = gx.ExpectationSuite(name=f"{name}_{checks.unit.name}")  # built inside a context, as GX needs
+        for expectation in checks.expectations(reference):
+            suite.add_expectation(expectation)
+        self.suite = self.context.suites.add(suite)
 
     def run(self, table: pd.DataFrame, label: str):
         """Run the suite as a GX Checkpoint on ``table``; returns the CheckpointResult."""
@@ -47,11 +52,11 @@ class Checkpoints:
                 result_format={
                     "result_format": "SUMMARY",
                     "partial_unexpected_count": MAX_EXAMPLES,
-                    "unexpected_index_column_names": ["path"],
+                    "unexpected_index_column_names": [self.checks.unit.key],
                 },
             )
         )
-        frame = table[GX_COLUMNS].astype({c: "float64" for c in ("width", "height", "channels", "bit_depth")})
+        frame = table[list(self.checks.gx_columns)].astype(dict.fromkeys(self.checks.gx_floats, "float64"))
         return checkpoint.run(batch_parameters={"dataframe": frame})
 
 
@@ -73,9 +78,9 @@ def _bounds(low, high) -> str:
     return f"{low}..{high}"
 
 
-def failures(checkpoint_result, table: pd.DataFrame, key: str = "path") -> list[Failure]:
+def failures(checkpoint_result, table: pd.DataFrame, key: str) -> list[Failure]:
     """Failed expectations, each with the first offending rows ("<key>: column=value");
-    ``key`` is the table's row name (images: ``path``, text documents: ``location``)."""
+    ``key`` is the column naming a row (the unit's ``key``)."""
     values = dict(zip(table[key], table.to_dict("records"), strict=True))
     failures = []
     for suite_result in checkpoint_result.run_results.values():
@@ -98,4 +103,3 @@ def failures(checkpoint_result, table: pd.DataFrame, key: str = "path") -> list[
                 bounds = _bounds(config.kwargs.get("min_value"), config.kwargs.get("max_value"))
                 failures.append(Failure(config.type, column, 1, observed=f"observed {observed}, expected {bounds}"))
     return failures
-

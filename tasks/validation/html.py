@@ -3,11 +3,15 @@ artifact preview (inline CSS, no script, nothing fetched), written beside the GX
 whose pages load their styles from CDNs and render blank without a network.
 
     html = render(json.loads(Path("reports/validation/unlabeled.json").read_text()),
-                  pd.read_csv("reports/validation/unlabeled_table.csv"))
+                  pd.read_csv("reports/validation/unlabeled_table.csv"), unit=IMAGES)
+
+``unit`` (tasks/validation/source_check.py) says what the rows are and what each fault means
+(``IMAGES`` in tasks/image/checks.py, ``DOCUMENTS`` in tasks/text/checks.py).
 
 It shows, in the order a reader asks: passed or failed and why, the counts, every fault
-with the files that have it, the failed expectations, what was skipped or converted, the
-dataset statistics beside the drift reference, and what the files are (formats, modes, sizes).
+with the rows that have it, the failed expectations, what was skipped or converted, the
+dataset statistics beside the drift reference, and what the files are (formats, modes, sizes,
+where the table has those columns).
 """
 
 from __future__ import annotations
@@ -15,58 +19,37 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
+from typing import TYPE_CHECKING
 
-MAX_FILES = 200  # offending files listed; the table CSV holds them all
+if TYPE_CHECKING:
+    from tasks.validation.source_check import Unit
+
+MAX_FILES = 200  # offending rows listed; the table CSV holds them all
 
 CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328; margin: 0; background: #f6f8fa; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328; margin: 0;
+       background: #f6f8fa; }
 main { max-width: 1040px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; box-sizing: border-box; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
 .meta { color: #57606a; font-size: 13px; margin-bottom: 16px; word-break: break-all; }
-.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; font-size: 13px; vertical-align: middle; margin-left: 8px; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; font-size: 13px; vertical-align: middle;
+         margin-left: 8px; }
 .pass { background: #dafbe1; color: #116329; } .fail { background: #ffebe9; color: #a40e26; }
-.decision { padding: 10px 14px; border-left: 4px solid; margin: 12px 0; } .decision.pass { border-color: #1a7f37; } .decision.fail { border-color: #cf222e; }
+.decision { padding: 10px 14px; border-left: 4px solid; margin: 12px 0; }
+.decision.pass { border-color: #1a7f37; } .decision.fail { border-color: #cf222e; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
 .card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .card b { display: block; font-size: 20px; } .card span { color: #57606a; font-size: 12px; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0; font-size: 13px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+code { font: 12px ui-monospace, SFMono-Regular, Menlo, "DejaVu Sans Mono", monospace; background: #f6f8fa; padding: 1px 4px;
+       border-radius: 4px; overflow-wrap: anywhere; }
 td.rule code { white-space: nowrap; }
 .muted { color: #57606a; } .bad { color: #a40e26; font-weight: 600; }
 footer { margin-top: 32px; color: #57606a; font-size: 12px; }
 """
-
-FAULT_MEANINGS = {
-    "link_outside": "a link whose target is outside the data root; never opened",
-    "unsafe_path": "an archive member with an absolute or ../ path; never unpacked",
-    "broken_link": "a link to nothing, or a loop",
-    "bad_filename": "a name that is not valid UTF-8",
-    "unreadable": "no permission, or an I/O error",
-    "empty": "0 bytes",
-    "not_an_image": "text, HTML or other non-image content",
-    "bomb": "more pixels than validate.max_pixels; never decoded",
-    "truncated": "cut short",
-    "decode_error": "image data that cannot be decoded",
-    "bad_format": "a format not in validate.allowed_formats",
-    "bad_mode": "a mode or bit depth that is not converted",
-    "too_small": "a side below validate.min_side",
-    "too_large": "a side above validate.max_side",
-    "wrong_size": "not data.image_size square, and resizing is off",
-    "blank": "a constant frame",
-    "duplicate": "the same bytes as an earlier file",
-}
-TEXT_FAULT_MEANINGS = {
-    "unreadable": "a row that cannot be parsed (bad JSON, no text field, wrong CSV field count)",
-    "binary": "NUL bytes, or more than validate.max_control_share control characters",
-    "not_utf8": "bytes that are not UTF-8",
-    "no_label": "an empty label",
-    "empty": "nothing but whitespace",
-    "too_short": "fewer than validate.min_chars characters",
-    "too_long": "more than validate.max_chars characters",
-    "duplicate": "the same bytes as an earlier document",
-}
 
 
 def _rows(cells: Iterable[Iterable[str]]) -> str:
@@ -103,42 +86,46 @@ def _failures(title: str, failures: list[dict]) -> str:
     return f"<h2>{escape(title)}</h2><table><tr><th>expectation</th><th>column</th><th>result</th><th>examples</th></tr>{body}</table>"
 
 
-def _bad_files(report: dict, table) -> str:
+def _bad_files(report: dict, table, unit: Unit) -> str:
     if table is not None and "fault" in table.columns:
         bad = table[table["fault"].fillna("").astype(str) != ""]
-        rows = [(r["path"], r["fault"], r.get("detail", "")) for _, r in bad.head(MAX_FILES).iterrows()]
+        rows = [(r[unit.key], r["fault"], r.get("detail", "")) for _, r in bad.head(MAX_FILES).iterrows()]
         total = len(bad)
-    else:  # the report alone keeps "path: fault (detail)" for the first files
+    else:  # the report alone keeps "name: fault (detail)" for the first rows
         rows = [(line, "", "") for line in report.get("bad_files", [])]
         total = max(len(rows), sum(report.get("faults", {}).values()))
     if not rows:
         return ""
     more = f' <span class="muted">(first {len(rows)} of {total}; all in the table CSV)</span>' if total > len(rows) else ""
-    body = _rows([f"<td><code>{escape(str(p))}</code></td>", f'<td class="bad">{escape(str(f))}</td>', _td("" if d != d else d)] for p, f, d in rows)
-    return f"<h2>Offending {_things(report)}{more}</h2><table><tr><th>{_things(report)[:-1]}</th><th>fault</th><th>detail</th></tr>{body}</table>"
+    body = _rows(
+        [f"<td><code>{escape(str(p))}</code></td>", f'<td class="bad">{escape(str(f))}</td>', _td(d if isinstance(d, str) else "")]
+        for p, f, d in rows
+    )
+    return f"<h2>Offending {unit.rows}{more}</h2><table><tr><th>{unit.rows[:-1]}</th><th>fault</th><th>detail</th></tr>{body}</table>"
 
 
-def _things(report: dict) -> str:
-    """What the report's rows are: documents (text) or files (images)."""
-    return "documents" if report.get("unit") == "documents" else "files"
-
-
-def _statistics(report: dict) -> str:
+def _statistics(report: dict, unit: Unit) -> str:
     stats = report.get("statistics") or {}
     if not stats:
         return ""
     reference = (report.get("reference") or {}).get("statistics", report.get("reference") or {})
     has_ref = any(isinstance(reference.get(k), int | float) for k in stats)
-    head = '<tr><th>statistic</th><th class="num">this data</th>' + ('<th class="num">reference</th><th class="num">difference</th>' if has_ref else "") + "</tr>"
+    head = (
+        '<tr><th>statistic</th><th class="num">this data</th>'
+        + ('<th class="num">reference</th><th class="num">difference</th>' if has_ref else "")
+        + "</tr>"
+    )
     rows = []
     for key, value in stats.items():
         cells = [_td(key), _td(f"{value:.4f}", num=True)]
         ref = reference.get(key)
         if has_ref:
-            cells += [_td(f"{ref:.4f}", num=True), _td(f"{value - ref:+.4f}", num=True)] if isinstance(ref, int | float) else [_td(""), _td("")]
+            cells += (
+                [_td(f"{ref:.4f}", num=True), _td(f"{value - ref:+.4f}", num=True)] if isinstance(ref, int | float) else [_td(""), _td("")]
+            )
         rows.append(cells)
     note = "" if has_ref else '<p class="muted">No drift reference yet: this data becomes the reference.</p>'
-    return f"<h2>Dataset statistics (good {_things(report)})</h2>{note}<table>{head}{_rows(rows)}</table>"
+    return f"<h2>Dataset statistics (good {unit.rows})</h2>{note}<table>{head}{_rows(rows)}</table>"
 
 
 def _span(values) -> str:
@@ -158,22 +145,28 @@ def _composition(table) -> str:
     if {"width", "height"} <= set(table.columns):
         w, h = table["width"].dropna(), table["height"].dropna()
         if len(w):
-            sizes = table.dropna(subset=["width", "height"]).apply(lambda r: f"{int(r['width'])}x{int(r['height'])}", axis=1).value_counts().head(5)
+            sizes = (
+                table.dropna(subset=["width", "height"])
+                .apply(lambda r: f"{int(r['width'])}x{int(r['height'])}", axis=1)
+                .value_counts()
+                .head(5)
+            )
             common = "<br>".join(f"<code>{escape(k)}</code> {v}" for k, v in sizes.items())
             parts.append(f"<td><b>size</b><br>width {_span(w)}, height {_span(h)}<br>{common}</td>")
     return f"<h2>What the files are</h2><table><tr>{''.join(parts)}</tr></table>" if parts else ""
 
 
-def render(report: dict, table=None, title: str | None = None, run_name: str | None = None, data_docs: str | None = None) -> str:
+def render(
+    report: dict, table=None, *, unit: Unit, title: str | None = None, run_name: str | None = None, data_docs: str | None = None
+) -> str:
     """The whole page for one validation ``report`` (as saved in ``<name>.json``) and its
-    per-item ``table`` (a DataFrame of ``<name>_table.csv``, or None)."""
+    per-item ``table`` (a DataFrame of ``<name>_table.csv``, or None) of ``unit``'s rows."""
     ok = bool(report.get("success"))
     status = "pass" if ok else "fail"
     name = report.get("name", "data")
     faults = report.get("faults") or {}
-    meanings = TEXT_FAULT_MEANINGS if _things(report) == "documents" else FAULT_MEANINGS
     cards = [
-        (f"{report.get('unit', 'images')} checked", report.get("images", 0)),
+        (f"{unit.name} checked", report.get("images", 0)),
         ("accepted", report.get("accepted", 0)),
         ("bad", sum(faults.values())),
         ("skipped", sum((report.get("skipped") or {}).values())),
@@ -183,7 +176,11 @@ def render(report: dict, table=None, title: str | None = None, run_name: str | N
     if run_name:
         meta.append(f"run <code>{escape(run_name)}</code>")
     docs = data_docs or report.get("data_docs")
-    docs_line = f'<p class="muted">Great Expectations Data Docs: <code>{escape(str(docs))}</code> (they need a network for their styles).</p>' if docs else ""
+    docs_line = (
+        f'<p class="muted">Great Expectations Data Docs: <code>{escape(str(docs))}</code> (they need a network for their styles).</p>'
+        if docs
+        else ""
+    )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(
         [
@@ -191,16 +188,17 @@ def render(report: dict, table=None, title: str | None = None, run_name: str | N
             f'<div class="meta">{" &middot; ".join(meta)}</div>',
             f'<div class="decision {status}">{escape(str(report.get("decision", "")))}</div>',
             '<div class="cards">' + "".join(f"<div class='card'><b>{v}</b><span>{escape(k)}</span></div>" for k, v in cards) + "</div>",
-            _counts_table("Faults", faults, "fault", meanings, _things(report)),
-            _bad_files(report, table),
+            _counts_table("Faults", faults, "fault", unit.faults, unit.rows),
+            _bad_files(report, table, unit),
             _failures("Failed expectations", report.get("failures") or []),
-            _failures(f"Failed expectations on the good {_things(report)} only", report.get("quarantine_failures") or []),
+            _failures(f"Failed expectations on the good {unit.rows} only", report.get("quarantine_failures") or []),
             _counts_table("Converted (accepted)", report.get("converted") or {}, "conversion"),
             _counts_table("Skipped (not validated, only counted)", report.get("skipped") or {}, "what"),
-            _statistics(report),
+            _statistics(report, unit),
             _composition(table),
             docs_line,
-            f"<footer>sslpipe validation report, generated {generated}. Self-contained: no scripts, nothing loaded from the network.</footer>",
+            f"<footer>sslpipe validation report, generated {generated}. "
+            "Self-contained: no scripts, nothing loaded from the network.</footer>",
         ]
     )
     return (

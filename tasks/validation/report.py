@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MAX_EXAMPLES = 10  # offending files listed in a report
+MAX_EXAMPLES = 10  # offending rows listed in a report
 
 
 class DataValidationError(Exception):
-    """The data failed validation; the message is the report a user needs."""
+    """Validation could not judge the data (e.g. a damaged drift reference); the message says what to fix."""
 
 
 @dataclass
@@ -30,21 +30,21 @@ class Failure:
 class ValidationReport:
     name: str
     source: str
-    images: int  # image files checked (hidden files and other extensions are only counted in ``skipped``)
+    images: int  # rows checked, images or documents (``unit``); hidden files and other extensions are only counted in ``skipped``
     success: bool  # True: training may use the accepted files
     failures: list[Failure]  # failed expectations over all files
     policy: str = "stop"
     accepted: int = 0
     decision: str = ""
     faults: dict[str, int] = field(default_factory=dict)  # files per fault
-    bad_files: list[str] = field(default_factory=list)  # the first offending files: "path: fault (detail)"
+    bad_files: list[str] = field(default_factory=list)  # the first offending rows: "path: fault (detail)"
     skipped: dict[str, int] = field(default_factory=dict)  # hidden, other_extension, folder_link, special_file
     converted: dict[str, int] = field(default_factory=dict)  # accepted files per conversion
-    statistics: dict[str, float] = field(default_factory=dict)  # dataset mean of per-image channel mean/std (good files)
+    statistics: dict[str, float] = field(default_factory=dict)  # the drift statistics of the good rows
     reference: dict | None = None  # the drift reference this run was checked against
-    quarantine_failures: list[Failure] = field(default_factory=list)  # failed expectations over the good files only
+    quarantine_failures: list[Failure] = field(default_factory=list)  # failed expectations over the good rows only
     data_docs: str | None = None
-    unit: str = "images"  # what ``images`` counts: images, or documents for text
+    unit: str = "images"  # what ``images`` counts: images, or documents
 
     @property
     def bad(self) -> int:
@@ -82,7 +82,7 @@ class ValidationReport:
         rows += [f"| {k} | {v:.4f} |" for k, v in self.statistics.items()]
         failures = [line for f in self.failures for line in f.lines()]
         files = [f"- `{line}`" for line in self.bad_files]
-        return "\n".join(rows + ["", *failures, "", *files])
+        return "\n".join([*rows, "", *failures, "", *files])
 
 
 def report_metrics(report: dict) -> dict[str, float]:
@@ -93,10 +93,3 @@ def report_metrics(report: dict) -> dict[str, float]:
     metrics |= {f"validation/{name}/skipped/{k}": v for k, v in report["skipped"].items()}
     metrics |= {f"validation/{name}/{k}": v for k, v in report["statistics"].items()}
     return metrics
-
-
-
-def raise_for_failures(reports: list[ValidationReport]) -> None:
-    failed = [r for r in reports if not r.success]
-    if failed:
-        raise DataValidationError("\n".join(r.summary() for r in failed))

@@ -8,15 +8,16 @@ from PIL import Image
 
 from tasks.core.atomic import staged_dir
 from tasks.core.config import ValidateConfig
+from tasks.image.checks import ImageChecks
 from tasks.image.prepared import accepted_rows, load_rgb
 from tasks.image.prepared import write_unlabeled as ingest_unlabeled
 from tasks.image.shards import ShardReader
 from tasks.image.sources import SourceError, export_dataset, list_images, open_source
-from tasks.validation.source_check import validate_source
+from tasks.validation.source_check import run_checks
 
 
 def _validated(source, out_dir, name="unlabeled"):
-    validate_source(source, name, ValidateConfig(min_images=1), out_dir, labeled=name == "labeled")
+    run_checks(ImageChecks(ValidateConfig(min_images=1), labeled=name == "labeled"), source, name, out_dir)
     return out_dir / f"{name}_table.csv"
 
 
@@ -98,12 +99,12 @@ def test_failed_ingest_leaves_previous_output_untouched(tmp_path, tiny_data):
 def test_a_labeled_set_with_one_class_fails_validation(tmp_path, tiny_data):
     one_class = tmp_path / "one"
     shutil.copytree(tiny_data["labeled"] / "train" / "cat", one_class / "cat")
-    report = validate_source(one_class, "labeled", ValidateConfig(min_images=1), tmp_path / "v", labeled=True)
+    report, _ = run_checks(ImageChecks(ValidateConfig(min_images=1), labeled=True), one_class, "labeled", tmp_path / "v")
     assert not report.success and "at least two class folders, found ['cat']" in report.decision
     empty_test = tmp_path / "split"
     shutil.copytree(tiny_data["labeled"] / "train", empty_test / "train")
     (empty_test / "test").mkdir()
-    report = validate_source(empty_test, "labeled", ValidateConfig(min_images=1), tmp_path / "v2", labeled=True)
+    report, _ = run_checks(ImageChecks(ValidateConfig(min_images=1), labeled=True), empty_test, "labeled", tmp_path / "v2")
     assert not report.success and "the test split has no images" in report.decision
 
 

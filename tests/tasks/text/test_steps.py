@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 
-from ssl_models.text import load_text_encoder
-from tasks.core.config import EvaluateConfig
-from tasks.text.tokens import encode_texts, load_tokenizer
-from ssl_models.text import TextModelSettings
-from tasks.text.checks import validate_text
+from ssl_models.text import TextModelSettings, load_text_encoder
+from tasks.core.config import EvaluateConfig, ValidateConfig
+from tasks.text.checks import DocumentChecks
 from tasks.text.evaluate import evaluate_text
 from tasks.text.pretrain import pretrain_text
-from tasks.text.tokens import ingest_text
+from tasks.text.tokens import encode_texts, ingest_text, load_tokenizer
+from tasks.validation.source_check import run_checks
 from tests.conftest import SAMPLE
 
 TINY = TextModelSettings(vocab_size=1000, max_len=32, dim=32, depth=1, epochs=1, batch_size=128)
 
 
 def test_text_stages_end_to_end(tmp_path):
-    reports, quarantine = validate_text(SAMPLE / "news.csv.gz", SAMPLE / "news_labeled.csv.gz", tmp_path / "validation", tmp_path / "ref.json")
-    assert [r.success for r in reports] == [True, True] and quarantine.empty
+    for name, source in (("unlabeled", SAMPLE / "news.csv.gz"), ("labeled", SAMPLE / "news_labeled.csv.gz")):
+        report, table = run_checks(
+            DocumentChecks(ValidateConfig(), labeled=name == "labeled"),
+            source,
+            name,
+            tmp_path / "validation",
+            reference=tmp_path / "ref.json",
+        )
+        assert report.success and table["fault"].isna().all(), report.summary()
     counts = ingest_text(SAMPLE / "news.csv.gz", SAMPLE / "news_labeled.csv.gz", tmp_path / "validation",
                          tmp_path / "prepared" / "unlabeled", tmp_path / "prepared" / "labeled", TINY)  # fmt: skip
     assert counts == {"unlabeled": 1500, "labeled_train": 800, "labeled_test": 200}

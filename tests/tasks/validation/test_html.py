@@ -2,16 +2,18 @@
 with bad files: everything a reader needs is on the page, and nothing comes from a network."""
 
 import re
-from dataclasses import asdict
 import shutil
+from dataclasses import asdict
 from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
 
 from tasks.core.config import load_config
-from tasks.validate import check_source
+from tasks.image.checks import IMAGES, ImageChecks
+from tasks.text.checks import DOCUMENTS
 from tasks.validation.html import render
+from tasks.validation.source_check import run_checks
 
 
 class _Tags(HTMLParser):
@@ -30,7 +32,7 @@ def dump(tmp_path, tiny_data):
     folder.mkdir()
     for image in sorted(tiny_data["unlabeled"].rglob("*.jpg"))[:12]:
         shutil.copy(image, folder / image.name)
-    first = sorted(folder.iterdir())[0]
+    first = min(folder.iterdir())
     shutil.copy(first, folder / "copy_of_first.jpg")  # duplicate
     (folder / "notes.jpg").write_text("not an image at all")  # not_an_image
     (folder / "empty.png").write_bytes(b"")  # empty
@@ -39,9 +41,9 @@ def dump(tmp_path, tiny_data):
 
 def test_failed_report_names_each_fault_and_file_and_loads_nothing(tmp_path, dump):
     cfg = load_config(None, ["validate.min_images=8"]).validate
-    report, table = check_source(dump, "unlabeled", cfg, tmp_path / "out", image_size=32)
+    report, _ = run_checks(ImageChecks(cfg, 32), dump, "unlabeled", tmp_path / "out")
     assert not report.success
-    html = render(asdict(report), pd.read_csv(tmp_path / "out" / "unlabeled_table.csv"), run_name="simclr-1a2b3c4d")
+    html = render(asdict(report), pd.read_csv(tmp_path / "out" / "unlabeled_table.csv"), unit=IMAGES, run_name="simclr-1a2b3c4d")
 
     parser = _Tags()
     parser.feed(html)
@@ -51,10 +53,20 @@ def test_failed_report_names_each_fault_and_file_and_loads_nothing(tmp_path, dum
     for fault, name in (("duplicate", "copy_of_first.jpg"), ("not_an_image", "notes.jpg"), ("empty", "empty.png")):
         assert fault in html and name in html
     assert "images checked" in html and f"<b>{report.images}</b>" in html
+    assert "Offending image files" in html and IMAGES.faults["not_an_image"] in html
 
 
 def test_passing_report_without_a_table(tmp_path, tiny_data):
     cfg = load_config(None, ["validate.min_images=8"]).validate
-    report, _ = check_source(tiny_data["unlabeled"], "unlabeled", cfg, tmp_path / "out", image_size=32)
-    html = render(asdict(report))
-    assert report.success and "passed" in html and "Offending files" not in html
+    report, _ = run_checks(ImageChecks(cfg, 32), tiny_data["unlabeled"], "unlabeled", tmp_path / "out")
+    html = render(asdict(report), unit=IMAGES)
+    assert report.success and "passed" in html and "Offending" not in html
+
+
+def test_the_unit_names_the_rows_and_explains_the_faults():
+    report = {"name": "unlabeled", "success": False, "images": 3, "faults": {"too_short": 1}, "statistics": {"mean_words": 5.0}}
+    table = pd.DataFrame({"location": ["a.txt:line 2", "a.txt:line 1"], "fault": ["too_short", None], "detail": ["2 characters", None]})
+    html = render(report, table, unit=DOCUMENTS)
+    assert "documents checked" in html and "Offending documents" in html and "a.txt:line 2" in html
+    assert DOCUMENTS.faults["too_short"] in html and "good documents" in html
+    assert "images" not in html and "files" not in html

@@ -1,4 +1,4 @@
-"""Dirty dumps through the real validate stage (real files, real GX checkpoint): every
+"""Image sources through the one validation path (real files, real GX checkpoint): every
 fault class is named, each policy gives the exact outcome, and nothing bad is trained on."""
 
 import io
@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.image import table as image_table
-from tasks.image.shards import ShardReader
 from tasks.core.config import ValidateConfig
+from tasks.image import table as image_table
+from tasks.image.checks import IMAGES, ImageChecks
 from tasks.image.prepared import write_labeled as ingest_labeled
 from tasks.image.prepared import write_unlabeled as ingest_unlabeled
-from tasks.validation.source_check import check_source, validate_source
+from tasks.image.shards import ShardReader
+from tasks.validation.source_check import run_checks
 from tests import dirty_dump
 from tests.dirty_dump import EXPECTED, EXPECTED_WITHOUT_CONVERT, SKIPPED
 
@@ -32,7 +33,7 @@ def dump(tmp_path, tiny_data):
 
 
 def _check(source, out, **settings):
-    return check_source(source, "unlabeled", ValidateConfig(**settings), out, image_size=32)
+    return run_checks(ImageChecks(ValidateConfig(**settings), 32), source, "unlabeled", out)
 
 
 def _faults(table) -> dict:
@@ -115,7 +116,7 @@ def test_drift_against_the_last_validated_version(tmp_path, tiny_data):
     reference = tmp_path / "reference_stats.json"
     pool = tmp_path / "pool"
     shutil.copytree(tiny_data["unlabeled"], pool)
-    first = validate_source(pool, "unlabeled", ValidateConfig(), tmp_path / "v1", reference=reference)
+    first = run_checks(ImageChecks(ValidateConfig()), pool, "unlabeled", tmp_path / "v1", reference=reference)[0]
     assert first.success and "becomes it" in first.decision
     saved = json.loads(reference.read_text())["unlabeled"][str(pool)]
     assert saved["images"] == 128 and set(saved["statistics"]) == {"mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"}
@@ -125,31 +126,31 @@ def test_drift_against_the_last_validated_version(tmp_path, tiny_data):
         pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
         Image.fromarray((pixels * 0.4).astype(np.uint8)).save(pool / f"{path.stem}.png")
         path.unlink()
-    report = validate_source(pool, "unlabeled", ValidateConfig(), tmp_path / "v2", reference=reference)
+    report = run_checks(ImageChecks(ValidateConfig()), pool, "unlabeled", tmp_path / "v2", reference=reference)[0]
     assert not report.success and report.faults == {}
     drifted = {f.column for f in report.failures if f.expectation == "expect_column_mean_to_be_between"}
     assert {"mean_r", "mean_g", "mean_b"} <= drifted
     assert "observed" in report.summary()
     assert json.loads(reference.read_text())["unlabeled"][str(pool)] == saved  # a failure never moves the reference
 
-    assert validate_source(pool, "unlabeled", ValidateConfig(drift_tolerance=None), tmp_path / "v3", reference=reference).success
+    assert run_checks(ImageChecks(ValidateConfig(drift_tolerance=None)), pool, "unlabeled", tmp_path / "v3", reference=reference)[0].success
     # A folder never seen before has no previous version to drift from.
-    other = validate_source(tiny_data["unlabeled"], "unlabeled", ValidateConfig(), tmp_path / "v4", reference=reference)
+    other = run_checks(ImageChecks(ValidateConfig()), tiny_data["unlabeled"], "unlabeled", tmp_path / "v4", reference=reference)[0]
     assert other.success and "becomes it" in other.decision
 
 
 def test_a_damaged_reference_file_fails_validation_clearly(tmp_path, tiny_data):
     reference = tmp_path / "reference_stats.json"
     reference.write_text(json.dumps({"unlabeled": {str(tiny_data["unlabeled"]): {"statistics": {"mean_r": "x"}}}}))
-    report = validate_source(tiny_data["unlabeled"], "unlabeled", ValidateConfig(), tmp_path / "out", reference=reference)
+    report = run_checks(ImageChecks(ValidateConfig()), tiny_data["unlabeled"], "unlabeled", tmp_path / "out", reference=reference)[0]
     assert not report.success and "not a valid drift reference" in report.decision
 
 
 def test_rerun_reads_nothing_and_a_copy_decodes_nothing(tmp_path, dump, caplog):
     cache = tmp_path / "cache"
     caplog.set_level(logging.INFO, logger="tasks.image.table")
-    _, first = check_source(dump, "unlabeled", ValidateConfig(), tmp_path / "a", image_size=32, cache_dir=cache)
-    _, second = check_source(dump, "unlabeled", ValidateConfig(), tmp_path / "b", image_size=32, cache_dir=cache)
+    _, first = run_checks(ImageChecks(ValidateConfig(), 32, cache_dir=cache), dump, "unlabeled", tmp_path / "a")
+    _, second = run_checks(ImageChecks(ValidateConfig(), 32, cache_dir=cache), dump, "unlabeled", tmp_path / "b")
     readings = [r.getMessage() for r in caplog.records if "known from the cache" in r.getMessage()]
     assert readings[0].startswith("0 files known") and readings[1].endswith("reading 1")  # only the empty file has no cache entry
     pd.testing.assert_frame_equal(first.drop(columns=["accepted", "mtime_ns"]), second.drop(columns=["accepted", "mtime_ns"]))
@@ -158,19 +159,19 @@ def test_rerun_reads_nothing_and_a_copy_decodes_nothing(tmp_path, dump, caplog):
     copy = tmp_path / "copy"
     shutil.copytree(dump / "good", copy)  # new mtimes, same content: found by hash
     caplog.clear()
-    _, changed = check_source(dump, "unlabeled", ValidateConfig(), tmp_path / "c", image_size=32, cache_dir=cache)
+    _, changed = run_checks(ImageChecks(ValidateConfig(), 32, cache_dir=cache), dump, "unlabeled", tmp_path / "c")
     assert _faults(changed)["good/00002.jpg"] == "too_small"
-    check_source(copy, "unlabeled", ValidateConfig(), tmp_path / "d", image_size=32, cache_dir=cache)
+    run_checks(ImageChecks(ValidateConfig(), 32, cache_dir=cache), copy, "unlabeled", tmp_path / "d")
     readings = [r.getMessage() for r in caplog.records if "known from the cache" in r.getMessage()]
     assert readings[0].endswith("reading 1")  # the changed file is found by its hash; the empty one has none
     assert readings[1].endswith("reading 0")
 
 
 def test_worker_processes_give_the_same_table(tmp_path, dump, monkeypatch):
-    _, serial = check_source(dump, "unlabeled", ValidateConfig(workers=1), tmp_path / "a", image_size=32)
+    _, serial = run_checks(ImageChecks(ValidateConfig(workers=1), 32), dump, "unlabeled", tmp_path / "a")
     monkeypatch.setattr(image_table, "PARALLEL_MIN_SECONDS", 0.0)  # parallel even for a small dump
     monkeypatch.setattr(image_table, "PROBE_FILES", 2)
-    _, parallel = check_source(dump, "unlabeled", ValidateConfig(workers=2), tmp_path / "b", image_size=32)
+    _, parallel = run_checks(ImageChecks(ValidateConfig(workers=2), 32), dump, "unlabeled", tmp_path / "b")
     pd.testing.assert_frame_equal(serial, parallel)
 
 
@@ -187,7 +188,7 @@ def test_a_tar_dump_with_a_link_out_is_validated_per_file(tmp_path, tiny_data):
         data = (folder / "00000.jpg").read_bytes()
         evil.size = len(data)
         tar.addfile(evil, io.BytesIO(data))
-    report, table = check_source(archive, "unlabeled", ValidateConfig(**QUARANTINE), tmp_path / "out")
+    report, table = run_checks(ImageChecks(ValidateConfig(**QUARANTINE)), archive, "unlabeled", tmp_path / "out")
     assert _faults(table)["escape.jpg"] == "link_outside"
     assert _faults(table)["../evil.jpg"] == "unsafe_path"
     assert report.success and report.accepted == 128
@@ -210,7 +211,7 @@ def test_special_file_is_skipped_not_read(tmp_path, tiny_data):
     shutil.copytree(tiny_data["unlabeled"], root)
     os.mkfifo(root / "stream.png")
     (root / "to_fifo.png").symlink_to(root / "stream.png")
-    report = validate_source(root, "unlabeled", ValidateConfig(), tmp_path / "out")
+    report = run_checks(ImageChecks(ValidateConfig()), root, "unlabeled", tmp_path / "out")[0]
     assert report.success and report.skipped == {"special_file": 2}
 
 
@@ -219,7 +220,7 @@ def test_quarantined_labeled_files_are_left_out_of_the_evaluation_set(tmp_path, 
     shutil.copytree(tiny_data["labeled"], labeled)
     (labeled / "train" / "cat" / "broken.jpg").write_bytes(b"<html></html>")
     Image.new("RGB", (32, 32)).save(labeled / "test" / "ship" / "black.png")
-    report, _ = check_source(labeled, "labeled", ValidateConfig(min_images=8, **QUARANTINE), tmp_path / "out", labeled=True)
+    report, _ = run_checks(ImageChecks(ValidateConfig(min_images=8, **QUARANTINE), labeled=True), labeled, "labeled", tmp_path / "out")
     assert report.success and report.faults == {"not_an_image": 1, "blank": 1}
     counts = ingest_labeled(labeled, tmp_path / "out" / "labeled_table.csv", tmp_path / "prepared", 32)
     assert counts == {"train": 48, "test": 24}  # the fixture's own files, nothing else
@@ -233,9 +234,54 @@ def test_a_tar_member_with_an_absolute_path_is_never_unpacked(tmp_path, tiny_dat
         evil = tarfile.TarInfo(str(tmp_path / "abs" / "evil.jpg"))  # an absolute member name
         evil.size = len(data)
         tar.addfile(evil, io.BytesIO(data))
-    report, table = check_source(archive, "unlabeled", ValidateConfig(**QUARANTINE), tmp_path / "out")
+    report, table = run_checks(ImageChecks(ValidateConfig(**QUARANTINE)), archive, "unlabeled", tmp_path / "out")
     assert _faults(table)[str(tmp_path / "abs" / "evil.jpg")] == "unsafe_path"
     assert report.accepted == 128
     assert not (tmp_path / "abs").exists()
-    stop, _ = check_source(archive, "unlabeled", ValidateConfig(), tmp_path / "out2")
+    stop, _ = run_checks(ImageChecks(ValidateConfig()), archive, "unlabeled", tmp_path / "out2")
     assert not stop.success
+
+
+def test_clean_folder_passes(tmp_path, tiny_data):
+    report, _ = run_checks(ImageChecks(ValidateConfig()), tiny_data["unlabeled"], "unlabeled", tmp_path)
+    assert report.success and report.images == 128 and report.unit == "images"
+    assert report.decision == f"all 128 image files from {tiny_data['unlabeled']} passed"
+    saved = json.loads((tmp_path / "unlabeled.json").read_text())
+    assert saved["success"] is True
+
+
+def test_corrupt_truncated_fake_and_duplicate_files_are_named(tmp_path, tiny_data):
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data["unlabeled"], pool)
+    first, second = sorted(pool.glob("*.jpg"))[:2]
+    (pool / "truncated.jpg").write_bytes(first.read_bytes()[:200])
+    (pool / "page.jpg").write_text("<html>not an image</html>")
+    shutil.copy(second, pool / "copy.jpg")
+    report, _ = run_checks(ImageChecks(ValidateConfig()), pool, "unlabeled", tmp_path / "out")
+    assert not report.success
+    by_expectation = {f.expectation: f for f in report.failures}
+    decode = by_expectation["expect_column_values_to_be_null"]
+    assert decode.unexpected_count == 2
+    assert any(e.startswith("truncated.jpg") for e in decode.examples)
+    assert any(e.startswith("page.jpg") for e in decode.examples)
+    duplicates = by_expectation["expect_column_values_to_be_unique"]
+    assert {e.split(":")[0] for e in duplicates.examples} == {second.name, "copy.jpg"}
+    assert "truncated.jpg: truncated" in report.summary() and "3 of 131 image files bad" in report.decision
+
+
+def test_too_few_and_too_small_images_fail(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(pool / f"{i}.png")
+    report, _ = run_checks(ImageChecks(ValidateConfig(min_images=5, min_side=8)), pool, "unlabeled", tmp_path / "out")
+    failed = {(f.expectation, f.column) for f in report.failures}
+    assert ("expect_table_row_count_to_be_between", None) in failed
+    assert ("expect_column_values_to_be_between", "width") in failed
+
+
+def test_every_fault_a_file_can_get_is_explained_in_check_order():
+    from tasks.image.imaging import READ_FAULTS
+
+    assert tuple(IMAGES.faults)[: len(READ_FAULTS)] == READ_FAULTS
+    assert set(EXPECTED.values()) - {None} <= set(IMAGES.faults) and all(IMAGES.faults.values())
