@@ -309,6 +309,9 @@ class PipelineConfig(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _modality: Literal["image", "text"] | None = PrivateAttr(None)  # decided by load_config
 
+    def __eq__(self, other: object) -> bool:  # the values, not the cached modality
+        return isinstance(other, PipelineConfig) and self.as_dict() == other.as_dict()
+
     # "validate" and "register" are names pydantic's BaseModel already uses, so those
     # sections are stored as validate_ / register_ and read through these properties.
     @property

@@ -84,7 +84,7 @@ def test_each_stage_has_a_part_per_modality_behind_one_shell():
     for stage in PIPELINE:
         assert set(stage.parts) == set(MODALITIES)
         shell = stage.load()
-        assert list(inspect.signature(shell).parameters)[1:] == list(stage.inputs), stage.name
+        assert len(inspect.signature(shell).parameters) == 1 + len(stage.inputs), stage.name  # ctx, then the inputs' results
         assert inspect.signature(shell).return_annotation == stage.result
         for modality in MODALITIES:
             assert stage.part(modality).__name__ == f"tasks.{modality}.{stage.name}"
