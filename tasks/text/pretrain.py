@@ -73,19 +73,3 @@ def train_mlm(
     return train_method(
         method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra
     ), method  # extra: the run to resume in
-
-
-def pretrain_text(
-    prepared_unlabeled: Path,
-    encoder_dir: Path,
-    settings: TextModelSettings = TextModelSettings(),
-    device: torch.device | str = "cpu",
-    on_epoch_end: Callable[[EpochStats], None] | None = None,
-    checkpoint_path: Path | None = None,
-    extra: dict | None = None,
-    progress: bool = True,
-) -> list[EpochStats]:
-    """MLM on the token shards; saves the encoder with its tokenizer to ``encoder_dir``; returns the history."""
-    history, method = train_mlm(prepared_unlabeled, settings, device, on_epoch_end, checkpoint_path, extra, progress)
-    save_text_encoder(method.encoder.cpu(), encoder_dir, prepared_unlabeled / TOKENIZER_FILE, extra={"method": "mlm", **(extra or {})})
-    return history

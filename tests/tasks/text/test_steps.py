@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from ssl_models.text import TextModelSettings, load_text_encoder
+from ssl_models.text import TextModelSettings, load_text_encoder, save_text_encoder
 from tasks.core.config import EvaluateConfig, ValidateConfig
 from tasks.text.checks import DocumentChecks
 from tasks.text.evaluate import evaluate_text
-from tasks.text.pretrain import pretrain_text
+from tasks.text.pretrain import train_mlm
 from tasks.text.tokens import encode_texts, ingest_text, load_tokenizer
 from tasks.validation.source_check import run_checks
 from tests.conftest import SAMPLE
@@ -30,9 +30,10 @@ def test_text_stages_end_to_end(tmp_path):
                          tmp_path / "prepared" / "unlabeled", tmp_path / "prepared" / "labeled", TINY)  # fmt: skip
     assert counts == {"unlabeled": 1500, "labeled_train": 800, "labeled_test": 200}
     epochs = []
-    history = pretrain_text(tmp_path / "prepared" / "unlabeled", tmp_path / "encoder", TINY, on_epoch_end=epochs.append,
-                            extra={"data_version": "abc"}, progress=False)  # fmt: skip
+    prepared = tmp_path / "prepared" / "unlabeled"
+    history, method = train_mlm(prepared, TINY, on_epoch_end=epochs.append, progress=False)
     assert len(history) == 1 and epochs == history
+    save_text_encoder(method.encoder, tmp_path / "encoder", prepared / "tokenizer.json", extra={"method": "mlm", "data_version": "abc"})
     config = json.loads((tmp_path / "encoder" / "config.json").read_text())
     assert config["modality"] == "text" and config["method"] == "mlm" and config["data_version"] == "abc"
     # The saved encoder is usable on its own: its tokenizer is beside it.
