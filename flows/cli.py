@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Stages whose code, params and inputs are unchanged since they last succeeded are skipped.",
     )
     _common(run)
-    run.add_argument("--force", action="store_true", help="rerun every stage, even the up-to-date ones")
+    run.add_argument("--force", action="store_true", help="rerun every stage, even those dvc.lock says are up to date")
     for stage in PIPELINE:
         _common(commands.add_parser(stage.name, help=stage.help, description=f"Stage '{stage.name}': {stage.help}."))
     generate = commands.add_parser(

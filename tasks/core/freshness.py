@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import types
 from functools import cache
 from pathlib import Path
@@ -283,6 +284,8 @@ def _dvc_project(root: Path) -> bool:
             with _quiet("dvc"):
                 Repo.init(str(root), no_scm=not (root / ".git").exists(), subdir=False).close()
             log.info("initialised DVC in %s: dvc.lock keeps the record of which stages are up to date", root)
+        # Earlier versions kept a book of their own here; dvc.lock is the only one now.
+        shutil.rmtree(root / ".sslpipe" / "stages", ignore_errors=True)
         declared = dvc_yaml(root)
         path = root / "dvc.yaml"
         if not path.exists() or path.read_text() != declared:

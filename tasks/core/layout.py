@@ -27,7 +27,7 @@ class Layout:
         return str(self.root / value)
 
     @property
-    def state(self) -> Path:  # the pipeline's own bookkeeping: stage fingerprints, the root lock
+    def state(self) -> Path:  # the pipeline's own state: resume checkpoints, the root lock (dvc.lock says what is up to date)
         return self.root / ".sslpipe"
 
     @property
