@@ -289,7 +289,7 @@ def run_registry_command(args: argparse.Namespace) -> int:
     """``promote VERSION`` / ``rollback``: move @champion by hand, under the registry lock."""
     from mlflow import MlflowClient
 
-    from tasks.registry.registration import promotion as promote
+    from tasks.registry import promotion as promote
     from tasks.registry.tracking import tracking_uri
 
     cfg = _config(args)

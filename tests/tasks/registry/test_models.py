@@ -80,7 +80,7 @@ def test_registered_encoder_loads_as_pyfunc_and_gives_the_encoders_embeddings(en
     assert not [p for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".cloudpickle"}]
     mlmodel = (local / "MLmodel").read_text()
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel  # models from code: a source file, not a pickle
-    assert (local / "mlflow_pyfunc.py").exists()
+    assert (local / "pyfunc_image.py").exists()
     assert (local / "code" / "ssl_models" / "encoder.py").exists()  # the project is not on PyPI
     requirements = (local / "requirements.txt").read_text().split()
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements and f"numpy=={np.__version__}" in requirements
