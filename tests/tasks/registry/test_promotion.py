@@ -18,7 +18,7 @@ from tasks.core.layout import Layout
 from tasks.registry.models import log_encoder_model
 from tasks.image.prepared import load_labeled
 from tasks.registry.promotion import registry_lock
-from tasks.register import gate_tags, register_and_gate
+from tasks.image.register import gate_tags, register_and_gate
 from tasks.core.results import Prepared, Pretrained
 from tasks.evaluation.scoring import probe_accuracy
 from tasks.registry.tracking import use_store
