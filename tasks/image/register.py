@@ -20,13 +20,21 @@ from pathlib import Path
 import torch
 
 from ssl_models.encoder import Encoder, load_encoder
+from ssl_models.evaluation import extract_features
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
-from tasks.registry.models import log_encoder_model, weights_dir
-from tasks.image.prepared import load_labeled
-from tasks.registry.registration import MismatchedScores, check_scores_belong, gate_tags, lineage_tags, record_registration, register_version_and_gate
 from tasks.core.results import Evaluation, Prepared, Pretrained, Registered
 from tasks.evaluation.scoring import probe_accuracy
+from tasks.image.prepared import load_labeled
+from tasks.registry.models import log_encoder_model, weights_dir
+from tasks.registry.registration import (
+    MismatchedScores,
+    check_scores_belong,
+    gate_tags,
+    lineage_tags,
+    record_registration,
+    register_version_and_gate,
+)
 from tasks.registry.tracking import use_store
 
 __all__ = ["MismatchedScores", "check_scores_belong", "gate_tags", "load_registered_encoder", "register", "register_and_gate"]
@@ -39,7 +47,9 @@ def _champion_rescorer(cfg: PipelineConfig, labeled_dir: str):
         import mlflow
 
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}")
-        return probe_accuracy(load_encoder(weights_dir(local)), load_labeled(labeled_dir), cfg.evaluate, torch.device(cfg.pretrain.device))
+        encoder, labeled, device = load_encoder(weights_dir(local)), load_labeled(labeled_dir), torch.device(cfg.pretrain.device)
+        train_x, test_x = (extract_features(encoder, labeled[f"{split}_images"], device=device) for split in ("train", "test"))
+        return probe_accuracy(train_x, labeled["train_labels"], test_x, labeled["test_labels"], cfg.evaluate)
 
     return rescore
 
