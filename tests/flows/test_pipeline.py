@@ -12,7 +12,7 @@ from ssl_models.encoder import load_encoder
 from ssl_models.evaluation import extract_features
 from tasks.core.config import load_config
 from tasks.core.lineage import dvc_hash
-from tasks.register import load_registered_encoder
+from tasks.image.register import load_registered_encoder
 
 STAGES = {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
 
