@@ -13,6 +13,7 @@ Each run appends one record (settings, seconds per stage, metrics, machine) to `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,19 +26,14 @@ import torch
 
 
 def run(args: argparse.Namespace) -> dict:
+    import tasks.text.evaluate as text_part
     from ssl_models.methods.mlm import MLM
     from ssl_models.text import TextEncoder
     from ssl_models.training import TrainSettings, pretrain
-    from tasks.core.config import EvaluateConfig, ValidateConfig
-    from tasks.text.features import evaluate_text_encoders, label_efficiency
-    from tasks.text.tokens import (
-        continuation_ids,
-        ingest_text_labeled,
-        ingest_text_unlabeled,
-        load_labeled_tokens,
-        load_token_shards,
-        load_tokenizer,
-    )
+    from tasks.core.config import EvaluateConfig
+    from tasks.evaluate import score_encoders
+    from tasks.evaluation.scoring import label_efficiency
+    from tasks.text.tokens import continuation_ids, ingest_text_labeled, ingest_text_unlabeled, load_token_shards, load_tokenizer
 
     torch.set_num_threads(args.threads)
     seconds: dict[str, float] = {}
@@ -47,12 +43,10 @@ def run(args: argparse.Namespace) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         reports = {}
         if not args.skip_validation:
-            from tasks.text.checks import DocumentChecks
-            from tasks.validation.source_check import run_checks
+            from tasks.text.checks import validate_text_source
 
             for name, source, labeled in (("unlabeled", args.unlabeled, False), ("labeled", args.labeled, True)):
-                checks = DocumentChecks(ValidateConfig(), labeled=labeled)
-                report, _ = run_checks(checks, source, name, root / "validation", reference=root / "reference.json")
+                report, _ = validate_text_source(source, name, root / "validation", labeled=labeled, reference=root / "reference.json")
                 reports[name] = report.summary()
                 assert report.success, report.summary()
         seconds["validate"], cpu_seconds["validate"] = time.perf_counter() - started, time.process_time() - cpu_started
@@ -88,13 +82,15 @@ def run(args: argparse.Namespace) -> dict:
         seconds["pretrain"], cpu_seconds["pretrain"] = time.perf_counter() - started, time.process_time() - cpu_started
 
         started, cpu_started = time.perf_counter(), time.process_time()
-        labeled = load_labeled_tokens(root / "labeled")
-        cfg = EvaluateConfig()
-        metrics = evaluate_text_encoders(method.encoder, labeled, cfg, seed=args.seed)
+        labeled = text_part.load_labeled(root / "labeled")
+        metrics: dict = score_encoders(text_part, method.encoder, labeled, EvaluateConfig(), seed=args.seed)[0]
         seconds["evaluate"], cpu_seconds["evaluate"] = time.perf_counter() - started, time.process_time() - cpu_started
         if args.label_efficiency:
             started, cpu_started = time.perf_counter(), time.process_time()
-            metrics["label_efficiency"] = label_efficiency(method.encoder, labeled, 4, [0.1, 1.0], steps=args.finetune_steps)
+            recipe = dataclasses.replace(text_part.FINETUNE, steps=args.finetune_steps)  # the pipeline's text recipe
+            metrics["label_efficiency"] = label_efficiency(
+                method.encoder, labeled, [0.1, 1.0], recipe, "cpu", features=text_part.features, augment=None
+            )
             seconds["label_efficiency"], cpu_seconds["label_efficiency"] = time.perf_counter() - started, time.process_time() - cpu_started
     return {
         "name": args.name,

@@ -3,6 +3,9 @@
 An encoder is a backbone behind a fixed input normalisation, so its contract is
 simple: float RGB images in [0, 1], shape (B, 3, H, W) -> features (B, feature_dim).
 
+A :class:`Classifier` is an encoder with a linear head on its features (fine-tuning:
+ssl_models/finetune.py), for an image encoder and a text encoder (ssl_models/text.py) alike.
+
 On disk it is two files, loadable without pickle:
     weights.pt   the state_dict, read with ``torch.load(weights_only=True)``
     config.json  everything needed to rebuild the module (backbone name and kwargs)
@@ -37,9 +40,33 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Encoder:
+        """The architecture ``config`` describes (:attr:`config`, or a saved config.json), freshly initialised."""
+        return cls(config["backbone"], config.get("backbone_kwargs"), config.get("image_size", 32))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # images: (B, 3, H, W) in [0, 1] -> (B, feature_dim)
         return self.backbone((images - self.mean) / self.std)
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head on its features: what the encoder takes (float images in [0, 1], token ids) -> logits (B, classes)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.feature_dim, num_classes)
+        self.num_classes = num_classes
+
+    @property
+    def config(self) -> dict:
+        """The encoder's config and the class count (and the encoder's modality, so a loader knows what to build)."""
+        modality = {"modality": self.encoder.config["modality"]} if "modality" in self.encoder.config else {}
+        return {**modality, "encoder": self.encoder.config, "feature_dim": self.encoder.feature_dim, "num_classes": self.num_classes}
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(inputs))
 
 
 def save_encoder(encoder: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -58,7 +85,7 @@ def save_encoder(encoder: nn.Module, directory: str | Path, extra: dict[str, Any
 
 def encoder_from_weights(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Encoder:
     """Rebuild an encoder from its config and a state_dict."""
-    encoder = Encoder(config["backbone"], config.get("backbone_kwargs"), config.get("image_size", 32))
+    encoder = Encoder.from_config(config)
     encoder.load_state_dict(state_dict)
     return encoder.eval()
 

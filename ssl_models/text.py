@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ssl_models.backbones import TransformerBlock
-from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, save_encoder
+from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Classifier, save_encoder
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -154,6 +154,11 @@ class TextEncoder(nn.Module):
         with torch.no_grad():
             self.token_embed.weight[PAD_ID].zero_()
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TextEncoder:
+        """The architecture ``config`` describes (:attr:`config`, or a saved config.json), freshly initialised."""
+        return cls(**config["backbone_kwargs"])
+
     def forward_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, dim) tokens after the final norm; padding attends and is attended by nothing."""
         length = token_ids.shape[1]
@@ -181,7 +186,20 @@ class TextEncoder(nn.Module):
 
 def build_text_encoder(config: dict[str, Any]) -> TextEncoder:
     """A TextEncoder from its ``config`` (``backbone_kwargs`` are the constructor's arguments)."""
-    return TextEncoder(**config["backbone_kwargs"])
+    return TextEncoder.from_config(config)
+
+
+@torch.no_grad()
+def text_features(model: nn.Module, token_ids: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
+    """token ids (N, L) -> ``model``'s outputs (N, D) float32 on the CPU, in eval mode: a text
+    encoder's mean-pooled features, a text classifier's logits.
+
+    Documents go in sorted by length, so that each batch is trimmed to its own longest row.
+    """
+    model = model.to(device).eval()
+    order = (token_ids != PAD_ID).sum(dim=1).argsort()
+    outputs = torch.cat([model(token_ids[rows].to(device).long()).float().cpu() for rows in order.split(batch_size)])
+    return outputs[order.argsort()]  # back in the order of ``token_ids``
 
 
 def is_text_encoder_config(config: dict[str, Any]) -> bool:
@@ -210,27 +228,10 @@ def load_text_encoder(directory: str | Path, map_location: str | torch.device = 
     return encoder.eval()
 
 
-class TextClassifier(nn.Module):
-    """Text encoder + linear head on the mean-pooled features: token ids (B, L) -> logits (B, classes)."""
-
-    def __init__(self, encoder: TextEncoder, num_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.feature_dim, num_classes)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """What rebuilds it (:func:`text_module_from_weights`): the encoder's config and the class count."""
-        return {"modality": "text", "encoder": self.encoder.config, "num_classes": self.head.out_features}
-
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.features(token_ids))
-
-
 def text_module_from_weights(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """A text encoder or (config with ``num_classes``) a text classifier, from its config and weights."""
     if "num_classes" in config:
-        module: nn.Module = TextClassifier(build_text_encoder(config["encoder"]), int(config["num_classes"]))
+        module: nn.Module = Classifier(build_text_encoder(config["encoder"]), int(config["num_classes"]))
     else:
         module = build_text_encoder(config)
     module.load_state_dict(state_dict)

@@ -17,21 +17,34 @@ the classifier is written the same way. No pickle.
 ``data.label_column``, a .jsonl with ``label``, or ``<class>/*.txt`` folders) fine-tunes
 ``models:/<register.text_model_name>@<finetune.encoder_alias>``: the documents are validated
 by text validation, encoded with the encoder's own tokenizer, and the classifier (the encoder
-+ a linear head, AdamW: tasks/text/features.py) registers as ``finetune.text_model_name``
-with the tokenizer beside it, a pyfunc taking strings.
++ a linear head, trained by the same loop with text's recipe, AdamW: ``ssl_models.finetune.TEXT_FINETUNE``)
+registers as ``finetune.text_model_name`` with the tokenizer beside it, a pyfunc taking strings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ssl_models.encoder import CONFIG_FILE, load_encoder
-from ssl_models.finetune import Classifier, finetune_accuracy, load_classifier, save_classifier, stratified_subset
+from ssl_models.encoder import CONFIG_FILE, Classifier, load_encoder
+from ssl_models.evaluation import extract_features
+from ssl_models.finetune import (
+    TEXT_FINETUNE,
+    Augment,
+    Features,
+    FinetuneSettings,
+    finetune_accuracy,
+    image_augment,
+    load_classifier,
+    save_classifier,
+    stratified_subset,
+)
 from tasks.core.atomic import staged_dir, write_json
 from tasks.core.config import PipelineConfig
 from tasks.core.layout import Layout
@@ -139,77 +152,85 @@ def _prepare_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, sour
     return Prepared(True, report.summary(), counts)
 
 
-def _finetune_text(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef) -> tuple[dict, list[str]]:
-    """The text classifier: fine-tune at ``label_fraction`` (+ the comparison), save it with its tokenizer."""
-    from ssl_models.text import TOKENIZER_FILE, load_text_encoder
-    from tasks.text.features import finetune_text
-    from tasks.text.tokens import load_labeled_tokens
+@dataclass(frozen=True)
+class FinetuneData:
+    """What fine-tuning needs of the encoder's modality."""
 
-    f = cfg.finetune
-    labeled = load_labeled_tokens(layout.finetune_data)
-    classes = json.loads((layout.finetune_data / "classes.json").read_text())
-    base = load_text_encoder(encoder.local_dir)
-    recipe = {"steps": f.steps, "batch_size": f.batch_size, "seed": f.seed, "device": torch.device(f.device)}
-    accuracy, classifier = finetune_text(base, labeled, len(classes), f.label_fraction, **recipe)
-    metrics: dict = {
-        "test_acc": accuracy,
-        "label_fraction": f.label_fraction,
-        "train_labels": len(stratified_subset(labeled["train_labels"], f.label_fraction, f.seed)),
-        "test_documents": len(labeled["test_labels"]),
-    }
-    if f.compare_fraction is not None:
-        same = f.compare_fraction == f.label_fraction
-        ssl_acc = accuracy if same else finetune_text(base, labeled, len(classes), f.compare_fraction, **recipe)[0]
-        metrics["compare"] = {
-            "fraction": f.compare_fraction,
-            "train_labels": len(stratified_subset(labeled["train_labels"], f.compare_fraction, f.seed)),
-            "ssl_finetune_acc": ssl_acc,
-            "scratch_acc": finetune_text(base, labeled, len(classes), f.compare_fraction, random_init=True, **recipe)[0],
-        }
-    with staged_dir(layout.classifier) as staging:
-        torch.save({k: v.detach().cpu() for k, v in classifier.state_dict().items()}, staging / "weights.pt")
-        config = classifier.config | {"classes": classes, "encoder_uri": encoder.uri}
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        shutil.copyfile(Path(encoder.local_dir) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
-    return metrics, classes
+    train: tuple  # (rows, labels): images or token ids
+    test: tuple
+    classes: list[str]
+    base: nn.Module  # the registered encoder, downloaded
+    settings: FinetuneSettings  # the modality's recipe with the finetune.* keys set in params
+    features: Features  # how a model's outputs over a set are read (the test accuracy)
+    augment: Augment | None  # what a training batch becomes on the device
+    unit: str  # "images", "documents"
+    beside: tuple[str, ...] = ()  # files of the encoder's folder the classifier needs too
+
+
+def finetune_data(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef) -> FinetuneData:
+    """data/prepared/finetune/ and the encoder, as the modality of ``encoder`` has them."""
+    if encoder.modality == "text":
+        from ssl_models.text import TOKENIZER_FILE, load_text_encoder, text_features
+        from tasks.text.tokens import load_labeled_tokens
+
+        tokens, classes = load_labeled_tokens(layout.finetune_data), json.loads((layout.finetune_data / "classes.json").read_text())
+        train, test = (tokens["train_tokens"], tokens["train_labels"]), (tokens["test_tokens"], tokens["test_labels"])
+        settings = cfg.finetune.settings(TEXT_FINETUNE)
+        return FinetuneData(
+            train, test, classes, load_text_encoder(encoder.local_dir), settings, text_features, None, "documents", (TOKENIZER_FILE,)
+        )
+    images = load_labeled(layout.finetune_data)
+    train, test = (images["train_images"], images["train_labels"]), (images["test_images"], images["test_labels"])
+    settings = cfg.finetune.settings(FinetuneSettings())
+    return FinetuneData(
+        train,
+        test,
+        load_classes(layout.finetune_data),
+        load_encoder(encoder.local_dir),
+        settings,
+        extract_features,
+        image_augment(settings),
+        "images",
+    )
 
 
 def finetune_stage(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker) -> dict:
     """Fine-tune, compare with training from scratch, save the classifier, log to ``tracker``'s run."""
     f = cfg.finetune
-    if encoder.modality == "text":
-        metrics, _ = _finetune_text(layout, cfg, encoder)
-        return _record(layout, cfg, encoder, tracker, metrics)
-    labeled = load_labeled(layout.finetune_data)
-    classes = load_classes(layout.finetune_data)
-    train, test = (labeled["train_images"], labeled["train_labels"]), (labeled["test_images"], labeled["test_labels"])
-    base = load_encoder(encoder.local_dir)
-    settings = f.settings()
-    device = torch.device(f.device)
-    accuracy, classifier = finetune_accuracy(base, train, test, len(classes), settings, f.label_fraction, device=device)
+    data = finetune_data(layout, cfg, encoder)
+    train, test, classes, settings = data.train, data.test, data.classes, data.settings
+
+    def fine_tune(fraction: float, random_init: bool = False) -> tuple[float, Classifier]:
+        device = torch.device(f.device)
+        return finetune_accuracy(
+            data.base, train, test, len(classes), settings, fraction, random_init, device, features=data.features, augment=data.augment
+        )
+
+    accuracy, classifier = fine_tune(f.label_fraction)
     metrics: dict = {
         "test_acc": accuracy,
         "label_fraction": f.label_fraction,
         "train_labels": len(stratified_subset(train[1], f.label_fraction, settings.seed)),
-        "test_images": len(test[1]),
+        f"test_{data.unit}": len(test[1]),
     }
     if f.compare_fraction is not None:
         same = f.compare_fraction == f.label_fraction
-        ssl_acc = accuracy if same else finetune_accuracy(base, train, test, len(classes), settings, f.compare_fraction, device=device)[0]
-        scratch_acc, _ = finetune_accuracy(base, train, test, len(classes), settings, f.compare_fraction, random_init=True, device=device)
         metrics["compare"] = {
             "fraction": f.compare_fraction,
             "train_labels": len(stratified_subset(train[1], f.compare_fraction, settings.seed)),
-            "ssl_finetune_acc": ssl_acc,
-            "scratch_acc": scratch_acc,
+            "ssl_finetune_acc": accuracy if same else fine_tune(f.compare_fraction)[0],
+            "scratch_acc": fine_tune(f.compare_fraction, random_init=True)[0],
         }
     with staged_dir(layout.classifier) as staging:
         save_classifier(classifier, staging, extra={"classes": classes, "encoder_uri": encoder.uri})
-    return _record(layout, cfg, encoder, tracker, metrics)
+        for name in data.beside:  # text: the tokenizer, so that the classifier takes strings on its own
+            shutil.copyfile(Path(encoder.local_dir) / name, staging / name)
+    return _record(layout, cfg, encoder, tracker, metrics, settings)
 
 
-def _record(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker, metrics: dict) -> dict:
-    """reports/finetune/metrics.json, and the run's tags (the encoder version, data, code), params and metrics."""
+def _record(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: Tracker, metrics: dict, settings: FinetuneSettings) -> dict:
+    """reports/finetune/metrics.json, and the run's tags (the encoder version, data, code), params (the
+    recipe as used: the modality's where finetune.* is null) and metrics."""
     f = cfg.finetune
     metrics_file = write_json(layout.finetune_reports / "metrics.json", metrics)
 
@@ -225,7 +246,8 @@ def _record(layout: Layout, cfg: PipelineConfig, encoder: EncoderRef, tracker: T
         "modality": encoder.modality,
     }
     tracker.set_tags(tags)
-    tracker.log_params({f"finetune.{k}": v for k, v in f.model_dump().items()} | {"data.test_fraction": cfg.data.test_fraction})
+    params = {f"finetune.{k}": v for k, v in (f.model_dump() | dataclasses.asdict(settings)).items()}
+    tracker.log_params(params | {"data.test_fraction": cfg.data.test_fraction})
     tracker.log_metrics({"test_acc": metrics["test_acc"], "train_labels": metrics["train_labels"]})
     if "compare" in metrics:
         tracker.log_metrics({f"compare/{k}": v for k, v in metrics["compare"].items()})

@@ -265,7 +265,13 @@ class RegisterConfig(Section):
 
 
 class FinetuneConfig(Section):
-    """The supervised recipe (also the label-efficiency curve's; defaults: ``FinetuneSettings``) and `sslpipe finetune`."""
+    """The supervised recipe (also the label-efficiency curve's) and `sslpipe finetune`.
+
+    Defaults: ``FinetuneSettings``. ``optimizer`` and ``lr`` are null by default: each modality
+    takes its own (images ``FinetuneSettings``': SGD at 0.05; text ``ssl_models.finetune.TEXT_FINETUNE``:
+    AdamW at 5e-4, as a Transformer needs); a value set here is used for both.
+    ``crop_scale_min`` and ``flip_p`` are the images' augmentation; text has none.
+    """
 
     data: str = Field(
         "data/sample/labeled.tar.gz", description="labeled images for `sslpipe finetune`: <class>/ folders, or train/ + test/"
@@ -277,7 +283,12 @@ class FinetuneConfig(Section):
         _default(FinetuneSettings, "steps"), ge=1, description="the same at every label fraction; sized for 2 CPU cores: raise on a GPU"
     )
     batch_size: int = Field(_default(FinetuneSettings, "batch_size"), ge=2)
-    lr: float = Field(_default(FinetuneSettings, "lr"), gt=0, description="SGD with Nesterov momentum, cosine decay")
+    optimizer: Literal["sgd", "adamw"] | None = Field(
+        None, description="sgd: Nesterov momentum 0.9; null: the modality's (images sgd, text adamw)"
+    )
+    lr: float | None = Field(
+        None, gt=0, description="peak after the warm-up, cosine decay to zero; null: the modality's (images 0.05, text 5e-4)"
+    )
     weight_decay: float = Field(_default(FinetuneSettings, "weight_decay"), ge=0)
     warmup_steps: int = Field(_default(FinetuneSettings, "warmup_steps"), ge=0)
     crop_scale_min: float = Field(_default(FinetuneSettings, "crop_scale_min"), gt=0, le=1)
@@ -291,9 +302,10 @@ class FinetuneConfig(Section):
     def resolved(self) -> FinetuneConfig:
         return self.model_copy(update={"device": str(resolve_device(self.device))})
 
-    def settings(self) -> FinetuneSettings:
+    def settings(self, defaults: FinetuneSettings) -> FinetuneSettings:
+        """The loop's settings: ``defaults`` (the modality's recipe) with every key set here."""
         names = {f.name for f in dataclasses.fields(FinetuneSettings)}
-        return FinetuneSettings(**self.model_dump(include=names))
+        return dataclasses.replace(defaults, **{k: v for k, v in self.model_dump(include=names).items() if v is not None})
 
 
 class PipelineConfig(Section):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ssl_models.encoder import load_encoder
+from ssl_models.evaluation import extract_features
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, Pretrained
@@ -26,7 +27,9 @@ def _champion_rescorer(cfg: PipelineConfig, labeled_dir: str):
         import mlflow
 
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}")
-        return probe_accuracy(load_encoder(weights_dir(local)), load_labeled(labeled_dir), cfg.evaluate, torch.device(cfg.pretrain.device))
+        encoder, labeled, device = load_encoder(weights_dir(local)), load_labeled(labeled_dir), torch.device(cfg.pretrain.device)
+        train_x, test_x = (extract_features(encoder, labeled[f"{split}_images"], device=device) for split in ("train", "test"))
+        return probe_accuracy(train_x, labeled["train_labels"], test_x, labeled["test_labels"], cfg.evaluate)
 
     return rescore
 

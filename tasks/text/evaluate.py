@@ -1,4 +1,11 @@
-"""The text part of evaluate: probe and kNN for the MLM encoder, random init and TF-IDF; fine-tuning."""
+"""The text part of evaluate (the shell: tasks/evaluate.py, whose ``EvaluatePart`` this module is).
+
+Rows: ``ssl`` (the MLM encoder) and ``random_init`` (the shell), on mean-pooled features of the
+labeled token ids (ssl_models/text.py ``text_features``), and ``tfidf``: TF-IDF over the same
+tokens (a bag of BPE pieces, fitted on the labeled train split), the classic baseline for topic
+classification and a strong one. Fine-tuning takes text's recipe (``TEXT_FINETUNE``: AdamW) and
+no augmentation.
+"""
 
 from __future__ import annotations
 
@@ -7,65 +14,52 @@ from pathlib import Path
 
 import torch
 
-from ssl_models.evaluation import project_2d
-from ssl_models.text import load_text_encoder
-from tasks.core.atomic import write_json, write_rows
-from tasks.core.config import EvaluateConfig
-from tasks.core.context import StageContext
-from tasks.core.plots import accuracy_bars, embedding_plot, label_efficiency_plot
-from tasks.core.results import Evaluation, Prepared, Pretrained
-from tasks.evaluation.scoring import log_evaluation
-from tasks.text.features import TEXT_ENCODERS, evaluate_text_encoders, label_efficiency, text_features
-from tasks.text.tokens import (
-    load_labeled_tokens,
-)
+from ssl_models.finetune import TEXT_FINETUNE, FinetuneSettings
+from ssl_models.text import SPECIAL_TOKENS, TextEncoder
+from ssl_models.text import load_text_encoder as load_encoder
+from ssl_models.text import text_features as features
+from tasks.evaluation.scoring import Labeled
+from tasks.text.tokens import load_labeled_tokens
+
+UNIT = "documents"
+FINETUNE = TEXT_FINETUNE
+
+__all__ = ["FINETUNE", "UNIT", "augment", "baselines", "features", "load_encoder", "load_labeled", "tfidf_features"]
 
 
-def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> Evaluation:
-    """Probe and kNN for the MLM encoder, random init and TF-IDF; the fine-tuning curve; the pictures."""
-    layout, cfg, tracker = ctx.layout, ctx.cfg, ctx.tracker
-    device = torch.device(cfg.pretrain.device)
-    metrics = evaluate_text(layout.encoder, layout.labeled, cfg.evaluate, device, cfg.pretrain.seed, cfg.finetune.steps)
-    rows = metrics.pop("label_efficiency_rows")
-    metrics["encoder"] = {"sha256": pretrained.weights_sha256, "run_id": pretrained.run_id}
-
-    reports = layout.reports
-    out = write_json(layout.metrics, metrics)
-    curve_csv = write_rows(reports / "label_efficiency.csv", rows)
-    labeled = load_labeled_tokens(layout.labeled)
-    classes = json.loads((layout.labeled / "classes.json").read_text())
-    subset = torch.randperm(len(labeled["test_tokens"]), generator=torch.Generator().manual_seed(cfg.pretrain.seed))[: cfg.evaluate.embedding_points]
-    points = project_2d(text_features(load_text_encoder(layout.encoder), labeled["test_tokens"][subset], device=device), cfg.pretrain.seed).tolist()
-    plots = [
-        accuracy_bars({name: metrics[name] for name in TEXT_ENCODERS}, reports / "evaluation.png"),
-        label_efficiency_plot(rows, reports / "label_efficiency.png"),
-        embedding_plot(points, labeled["test_labels"][subset].tolist(), classes, reports / "embeddings.png", f"t-SNE of MLM test embeddings ({len(subset)} documents)"),
-    ]
-    log_evaluation(tracker, metrics, TEXT_ENCODERS, rows, [out, curve_csv], plots)
-    return Evaluation(metrics, pretrained.weights_sha256, pretrained.run_id)
+def load_labeled(directory: str | Path) -> Labeled:
+    tokens = load_labeled_tokens(Path(directory))
+    classes = json.loads((Path(directory) / "classes.json").read_text())
+    return Labeled((tokens["train_tokens"], tokens["train_labels"]), (tokens["test_tokens"], tokens["test_labels"]), classes)
 
 
-def evaluate_text(
-    encoder_dir: Path,
-    prepared_labeled: Path,
-    cfg: EvaluateConfig = EvaluateConfig(),
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    finetune_steps: int | None = 150,
-) -> dict:
-    """reports/metrics.json's content for text: probe/kNN per encoder, and the label-efficiency curve.
+def baselines(encoder: TextEncoder, labeled: Labeled) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {"tfidf": tfidf_features(labeled.train[0], labeled.test[0], encoder.vocab_size)}
 
-    ``finetune_steps=None`` skips the curve. Its rows go under ``label_efficiency`` as the
-    image metrics do ({"ssl_finetune": {"10%": acc, ...}, "scratch": {...}}), the from-scratch
-    100% point under ``supervised_scratch``.
+
+def augment(settings: FinetuneSettings) -> None:
+    """Text has no fine-tuning augmentation: token ids go in as read."""
+
+
+def tfidf_features(train_ids: torch.Tensor, test_ids: torch.Tensor, vocab_size: int, min_df: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bag-of-pieces TF-IDF (sublinear tf, l2-normalised rows), fitted on train: (N, V') each.
+
+    Pieces in fewer than ``min_df`` train documents are dropped (they cannot generalise and
+    only cost memory); special tokens never count.
     """
-    encoder = load_text_encoder(encoder_dir)
-    labeled = load_labeled_tokens(prepared_labeled)
-    metrics: dict = evaluate_text_encoders(encoder, labeled, cfg, device, seed)
-    if finetune_steps:
-        classes = int(max(labeled["train_labels"].max(), labeled["test_labels"].max())) + 1
-        rows = label_efficiency(encoder, labeled, classes, cfg.label_fractions, device, steps=finetune_steps, seed=seed)
-        metrics["supervised_scratch"] = {"test_acc": rows[-1]["scratch"], "labels": rows[-1]["labels"]}
-        metrics["label_efficiency"] = {key: {f"{row['fraction'] * 100:g}%": row[key] for row in rows} for key in ("ssl_finetune", "scratch")}
-        metrics["label_efficiency_rows"] = rows
-    return metrics
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    def counts(ids: torch.Tensor) -> csr_matrix:
+        rows, cols = (ids >= len(SPECIAL_TOKENS)).nonzero(as_tuple=True)
+        values = torch.ones(len(rows))
+        return csr_matrix((values.numpy(), (rows.numpy(), ids[rows, cols].numpy())), shape=(len(ids), vocab_size))
+
+    train_counts, test_counts = counts(train_ids), counts(test_ids)
+    keep = (min_df <= (train_counts > 0).sum(axis=0).A1).nonzero()[0]
+    transformer = TfidfTransformer(sublinear_tf=True).fit(train_counts[:, keep])
+
+    def to_tensor(counts) -> torch.Tensor:
+        return torch.from_numpy(transformer.transform(counts[:, keep]).toarray()).float()
+
+    return to_tensor(train_counts), to_tensor(test_counts)

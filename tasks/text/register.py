@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ssl_models.text import TOKENIZER_FILE, load_text_encoder
+from ssl_models.text import TOKENIZER_FILE, load_text_encoder, text_features
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, Pretrained, file_sha256
+from tasks.evaluation.scoring import probe_accuracy
 from tasks.registry.models import log_text_encoder_model, weights_dir
-from tasks.text.features import text_probe_accuracy
 from tasks.text.tokens import encode, load_labeled_texts, load_labeled_tokens, load_tokenizer
 
 
@@ -22,8 +22,10 @@ def _text_champion_rescorer(ctx: StageContext, labeled_dir: str):
 
         local = weights_dir(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_version.name}/{model_version.version}"))
         tokenizer, texts, labeled = load_tokenizer(local), load_labeled_texts(Path(labeled_dir)), load_labeled_tokens(Path(labeled_dir))
-        ids = {f"{split}_tokens": torch.from_numpy(encode(tokenizer, texts[f"{split}_texts"])).long() for split in ("train", "test")}
-        return text_probe_accuracy(load_text_encoder(local), labeled | ids, ctx.cfg.evaluate, torch.device(ctx.cfg.pretrain.device))
+        encoder, device = load_text_encoder(local), torch.device(ctx.cfg.pretrain.device)
+        ids = {split: torch.from_numpy(encode(tokenizer, texts[f"{split}_texts"])).long() for split in ("train", "test")}
+        train_x, test_x = (text_features(encoder, ids[split], device=device) for split in ("train", "test"))
+        return probe_accuracy(train_x, labeled["train_labels"], test_x, labeled["test_labels"], ctx.cfg.evaluate)
 
     return rescore
 

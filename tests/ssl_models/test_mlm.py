@@ -11,7 +11,18 @@ import torch
 from ssl_models.losses.mlm import mlm_loss
 from ssl_models.methods import build_method, default_backbone, is_text_method, method_class
 from ssl_models.methods.mlm import MLM, bert_masking
-from ssl_models.text import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, TextEncoder, load_text_encoder, save_text_encoder, trim_padding
+from ssl_models.text import (
+    CLS_ID,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    TextEncoder,
+    load_text_encoder,
+    save_text_encoder,
+    text_features,
+    trim_padding,
+)
 from ssl_models.training import TrainSettings, pretrain
 
 VOCAB = 300
@@ -97,6 +108,17 @@ def test_encoder_ignores_padding_and_shapes():
         assert torch.isfinite(encoder(torch.zeros(2, 8, dtype=torch.long))).all(), "an all-padding row gives no NaN"
     with pytest.raises(ValueError, match="max_len"):
         encoder.forward_tokens(torch.ones(1, 40, dtype=torch.long))
+
+
+def test_text_features_do_not_depend_on_batching_and_keep_the_order():
+    torch.manual_seed(0)
+    encoder = TextEncoder(vocab_size=60, max_len=16, dim=32, depth=1)
+    lengths = torch.randint(2, 17, (40,))
+    ids = torch.randint(len(SPECIAL_TOKENS), 60, (40, 16)).masked_fill(torch.arange(16) >= lengths[:, None], PAD_ID)
+    batched = text_features(encoder, ids, batch_size=7)
+    torch.testing.assert_close(batched, text_features(encoder, ids, batch_size=40), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(batched[:3], encoder(ids[:3]), atol=1e-5, rtol=1e-5)  # row i is document i, sorting or not
 
 
 def test_save_and_load_without_pickle(tmp_path):

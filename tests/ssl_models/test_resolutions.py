@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from ssl_models.backbones import build_backbone, default_patch_size
 from ssl_models.data import TensorImages
 from ssl_models.encoder import Encoder
 from ssl_models.evaluation import extract_features
-from ssl_models.finetune import FinetuneSettings, classifier_accuracy, train_classifier
+from ssl_models.finetune import FinetuneSettings, classifier_accuracy, image_augment, train_classifier
 from ssl_models.methods import build_method, check_image_size
 from ssl_models.training import TrainSettings, pretrain
 
@@ -58,8 +60,9 @@ def test_pretrain_evaluate_and_finetune_at_224_px():
     features = extract_features(encoder, TensorImages(images), batch_size=3)
     assert features.shape == (8, 64)
     labels = torch.tensor([0, 1] * 4)
-    classifier = train_classifier(encoder, TensorImages(images), labels, 2, FinetuneSettings(steps=2, batch_size=4))
-    assert 0 <= classifier_accuracy(classifier, TensorImages(images), labels, batch_size=3) <= 1
+    settings = FinetuneSettings(steps=2, batch_size=4)
+    classifier = train_classifier(encoder, TensorImages(images), labels, 2, settings, augment=image_augment(settings))
+    assert 0 <= classifier_accuracy(classifier, TensorImages(images), labels, features=partial(extract_features, batch_size=3)) <= 1
 
 
 def test_a_backbone_is_described_as_built_at_its_size():

@@ -73,7 +73,24 @@ def test_defaults_come_from_the_science_dataclasses():
     cfg = PipelineConfig()
     assert cfg.pretrain.epochs == TrainSettings().epochs and cfg.pretrain.batch_size == TrainSettings().batch_size
     assert cfg.augment.policy(32) == ViewPolicy(size=32)
-    assert cfg.finetune.settings() == FinetuneSettings()
+    assert cfg.finetune.settings(FinetuneSettings()) == FinetuneSettings()
+
+
+def test_finetune_optimizer_and_lr_are_the_modality_s_unless_set():
+    import dataclasses
+
+    from ssl_models.finetune import TEXT_FINETUNE, FinetuneSettings
+
+    images, text = FinetuneSettings(), TEXT_FINETUNE
+    assert (text.optimizer, text.lr) == ("adamw", 5e-4) and (images.optimizer, images.lr) == ("sgd", 0.05)
+    assert PipelineConfig().finetune.settings(text) == text
+    # A key set in params is used by every modality: text's lr, warm-up and weight decay included.
+    cfg = load_config(None, ["finetune.lr=0.001", "finetune.warmup_steps=3", "finetune.weight_decay=0.1", "finetune.steps=7"])
+    for recipe in (images, text):
+        assert cfg.finetune.settings(recipe) == dataclasses.replace(recipe, lr=0.001, warmup_steps=3, weight_decay=0.1, steps=7)
+    assert load_config(None, ["finetune.optimizer=sgd"]).finetune.settings(text).optimizer == "sgd"
+    with pytest.raises(ConfigError, match=r"finetune\.optimizer"):
+        load_config(None, ["finetune.optimizer=adam"])
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from ssl_models.encoder import load_encoder
+from ssl_models.evaluation import extract_features
 from tasks.core.config import load_config
 from tasks.core.layout import Layout
 from tasks.core.results import Prepared, Pretrained
@@ -79,9 +79,9 @@ def test_champion_scored_differently_is_re_evaluated_on_the_current_data(tmp_pat
     register_stage(make_registrable_project(tmp_path / "a", 0.99), load_config(None))
     cfg = load_config(None, ["evaluate.probe_weight_decays=[0.5]"] if changed == "protocol" else [])
     b = make_registrable_project(tmp_path / "b", 0.0, data_seed=1 if changed == "data" else 0, encoder_seed=1)
-    expected = probe_accuracy(
-        load_encoder(tmp_path / "a" / "models" / "encoder"), load_labeled(b.labeled), cfg.evaluate, torch.device("cpu")
-    )
+    champion_encoder, labeled = load_encoder(tmp_path / "a" / "models" / "encoder"), load_labeled(b.labeled)
+    train_x, test_x = (extract_features(champion_encoder, labeled[f"{split}_images"]) for split in ("train", "test"))
+    expected = probe_accuracy(train_x, labeled["train_labels"], test_x, labeled["test_labels"], cfg.evaluate)
     write_probe_metrics(b, expected + 0.1)
 
     record = register_stage(b, cfg)

@@ -1,23 +1,19 @@
-"""Text evaluation: the same probe and kNN on pooled features, against random init and TF-IDF."""
+"""The text part of evaluate: the labeled token ids, TF-IDF, and the one protocol on pooled features
+(against random init and TF-IDF)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import tasks.text.evaluate as text_part
 from ssl_models.methods.mlm import MLM
 from ssl_models.text import TextEncoder
 from ssl_models.training import TrainSettings, pretrain
 from tasks.core.config import EvaluateConfig
-from tasks.text.features import (
-    TEXT_ENCODERS,
-    evaluate_text_encoders,
-    finetune_text_accuracy,
-    random_init_like,
-    text_features,
-    tfidf_features,
-)
-from tasks.text.tokens import ingest_text_labeled, ingest_text_unlabeled, load_labeled_tokens, load_token_shards
+from tasks.evaluate import score_encoders
+from tasks.text.evaluate import tfidf_features
+from tasks.text.tokens import ingest_text_labeled, ingest_text_unlabeled, load_token_shards
 from tests.conftest import SAMPLE
 
 CFG = EvaluateConfig(knn_k=20, probe_weight_decays=[1e-3, 1e-2, 1e-1, 1.0])
@@ -33,7 +29,18 @@ def news(tmp_path_factory):
     root = tmp_path_factory.mktemp("news")
     meta = ingest_text_unlabeled(SAMPLE / "news.csv.gz", root / "unlabeled", vocab_size=2000, max_len=64)
     ingest_text_labeled(SAMPLE / "news_labeled.csv.gz", root / "labeled", root / "unlabeled", test_fraction=0.5)
-    return {"pool": load_token_shards(root / "unlabeled"), "labeled": load_labeled_tokens(root / "labeled"), "vocab_size": meta["vocab_size"]}
+    return {
+        "pool": load_token_shards(root / "unlabeled"),
+        "labeled": text_part.load_labeled(root / "labeled"),
+        "vocab_size": meta["vocab_size"],
+    }
+
+
+def test_the_labeled_set_is_token_ids_with_their_classes(news):
+    labeled = news["labeled"]
+    assert labeled.train[0].shape == (500, 64) and labeled.test[0].shape == (500, 64)
+    assert labeled.classes == ["1", "2", "3", "4"] and set(labeled.test[1].tolist()) == {0, 1, 2, 3}
+    assert text_part.augment(text_part.FINETUNE) is None and text_part.FINETUNE.optimizer == "adamw"
 
 
 def test_tfidf_features_are_fitted_on_train_only():
@@ -49,30 +56,13 @@ def test_tfidf_features_are_fitted_on_train_only():
 def test_metrics_shape_and_the_random_init_baseline(news):
     torch.manual_seed(0)
     untrained = TextEncoder(news["vocab_size"], max_len=64, dim=32, depth=1)
-    metrics = evaluate_text_encoders(untrained, news["labeled"], CFG, seed=0)
-    assert tuple(metrics) == TEXT_ENCODERS
+    metrics, features = score_encoders(text_part, untrained, news["labeled"], CFG, seed=0)
+    assert tuple(metrics) == tuple(features) == ("ssl", "random_init", "tfidf")
     for row in metrics.values():
         assert set(row) == {"linear_probe_acc", "knn_acc", "probe_weight_decay"} and 0 <= row["knn_acc"] <= 1
     # An encoder that was never trained is its own random-init baseline (same seed, same shape).
     assert metrics["ssl"] == metrics["random_init"]
     assert metrics["tfidf"]["linear_probe_acc"] > 0.6, "TF-IDF on real news topics is far above chance (0.25)"
-
-
-def test_features_do_not_depend_on_batching(news):
-    torch.manual_seed(0)
-    encoder = random_init_like(TextEncoder(news["vocab_size"], max_len=64, dim=32, depth=1))
-    ids = news["labeled"]["test_tokens"][:40]
-    torch.testing.assert_close(text_features(encoder, ids, batch_size=7), text_features(encoder, ids, batch_size=40), atol=1e-5, rtol=1e-5)
-
-
-def test_finetuning_runs_from_pretrained_and_from_scratch(news):
-    torch.manual_seed(0)
-    encoder = TextEncoder(news["vocab_size"], max_len=64, dim=32, depth=1)
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    for random_init in (False, True):
-        acc = finetune_text_accuracy(encoder, news["labeled"], 4, fraction=0.1, random_init=random_init, steps=5, batch_size=16)
-        assert 0 <= acc <= 1
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), "fine-tuning works on a copy"
 
 
 @pytest.mark.slow
@@ -87,7 +77,7 @@ def test_mlm_beats_random_init_on_held_out_news(news):
     settings = TrainSettings(epochs=25, batch_size=32, lr=2e-2, weight_decay=0.01, warmup_epochs=1, optimizer="adamw")
     history = pretrain(method, news["pool"], settings, progress=False)
     assert history[-1].loss < history[0].loss - 0.5
-    metrics = evaluate_text_encoders(method.encoder, news["labeled"], CFG, seed=0)
+    metrics, _ = score_encoders(text_part, method.encoder, news["labeled"], CFG, seed=0)
     ssl, random = metrics["ssl"], metrics["random_init"]
     assert ssl["linear_probe_acc"] > random["linear_probe_acc"], metrics
     assert ssl["knn_acc"] > random["knn_acc"], metrics
