@@ -31,7 +31,7 @@ from tasks.core.freshness import Book
 from tasks.core.layout import Layout
 from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
-from tasks.evaluation.scoring import ENCODERS, summary_table
+from tasks.evaluation.scoring import scored_rows, summary_table
 from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
 from tasks.stages import PIPELINE, STAGES, Stage
 
@@ -128,8 +128,7 @@ def _publish(layout: Layout, cfg: PipelineConfig, registered, metrics: dict) -> 
     )
     rows = [
         {"encoder": name, "linear probe acc": round(metrics[name]["linear_probe_acc"], 4), "kNN acc": round(metrics[name]["knn_acc"], 4)}
-        for name in ENCODERS
-        if name in metrics
+        for name in scored_rows(metrics)
     ]
     create_table_artifact(key="evaluation", table=rows, description="Linear probe and kNN accuracy on the labeled test split")
     create_markdown_artifact(

@@ -81,6 +81,7 @@ def parts(stage: str) -> dict[str, str]:
 FINETUNE_RECIPE = (
     "finetune.steps",
     "finetune.batch_size",
+    "finetune.optimizer",
     "finetune.lr",
     "finetune.weight_decay",
     "finetune.warmup_steps",

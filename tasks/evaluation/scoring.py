@@ -26,9 +26,6 @@ from ssl_models.evaluation import knn_accuracy, linear_probe
 from ssl_models.finetune import Augment, Features, FinetuneSettings, Rows, finetune_accuracy, stratified_subset
 from tasks.core.config import EvaluateConfig
 
-# Every row a modality reports, in table order. Only for flows/pipeline.py's table artifact: a
-# report's own rows are scored_rows(metrics).
-ENCODERS = ("ssl", "random_init", "raw_pixels", "tfidf")
 log = logging.getLogger(__name__)
 
 Split = tuple[Rows, torch.Tensor]  # (rows: what the modality's features take, labels (N,) int64)
