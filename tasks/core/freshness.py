@@ -252,10 +252,10 @@ def describe_status(changes: list, root: Path | None = None) -> str:
             parts.append(change)
             continue
         for kind, paths in change.items():
-            named = [
-                f"{path} ({what})" if what != "modified" else path for path, what in (paths.items() if isinstance(paths, dict) else ())
-            ]
-            parts.append(f"{kind}: {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}" if named else kind)
+            found = paths.items() if isinstance(paths, dict) else ()
+            named = [short(path) + ("" if what == "modified" else f" ({what})") for path, what in found]
+            more = f" and {len(named) - 2} more" if len(named) > 2 else ""
+            parts.append(f"{kind}: {', '.join(named[:2])}{more}" if named else kind)
     return "; ".join(parts) or "changed"
 
 
