@@ -1,1 +1,1 @@
-"""The text modality: sources of documents, checks, the tokenizer and token shards, features, and its part of each stage."""
+"""The text modality: sources of documents, checks, the tokenizer and token shards, and its part of each stage."""
