@@ -31,7 +31,7 @@ from tasks.core.context import StageContext
 from tasks.core.lineage import git_commit
 from tasks.core.plots import training_curves
 from tasks.core.results import Prepared, Pretrained, Preview, file_sha256
-from tasks.registry.models import log_training_dataset
+from tasks.registry.tracking import log_training_dataset
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ the pipeline writes (``weights.pt`` + ``config.json``); ``ssl_models`` travels i
     curl -d '{"inputs": [[[[0.5, ...]]]]}' -H 'Content-Type: application/json' localhost:5001/invocations
 
 Each model is a LoggedModel whose ``source_run_id`` is the pipeline's run (the run page lists
-it); :func:`log_training_dataset` records the training data as the run's input, its DVC hash
-as the digest.
+it); the run's training data is its input (``log_training_dataset`` in tasks/registry/tracking.py).
 """
 
 from __future__ import annotations
@@ -172,39 +171,6 @@ def log_classifier_model(classifier_dir: str | Path, name: str, run_id: str | No
         "output": "logits",
     }
     return _log(classifier_dir, name, run_id, tags, "ssl-classifier", metadata["num_classes"], input_example, metadata)
-
-
-def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training") -> None:
-    """Record the data a run trained on as an MLflow dataset input: its DVC hash is the digest
-    (the same data gives the same digest across runs), ``count`` the number of images."""
-    import mlflow
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    source_entity = _dataset_source(source)
-    dataset = Dataset(
-        name=name,
-        digest=dvc_hash,
-        source_type=source_entity._get_source_type(),
-        source=source_entity.to_json(),
-        profile=json.dumps({"num_images": count}),  # what the UI shows beside the digest
-    )
-    run_id = run_id or mlflow.active_run().info.run_id
-    mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
-
-
-def _dataset_source(source: str):
-    """A local path as a file URI; anything else (``torchvision:CIFAR10``) verbatim, as a tag."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-
-    if Path(source).exists():
-        import warnings
-
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-
-        with warnings.catch_warnings():  # MLflow registers its local source twice and warns that it is ambiguous
-            warnings.simplefilter("ignore", UserWarning)
-            return resolve_dataset_source(Path(source).resolve().as_uri())
-    return CodeDatasetSource(tags={"source": source})
 
 
 def version_description(decision: str, table: str, lines: dict[str, str] | None = None) -> str:

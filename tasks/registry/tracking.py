@@ -338,3 +338,36 @@ class Tracker:
             forget_open_run(self._run_id)
             if status in ("FAILED", "KILLED"):  # maybe by an interrupt: see end_interrupted_runs
                 _ended_unfinished[self._run_id] = (status, self.client.tracking_uri)
+
+
+def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training") -> None:
+    """Record the data a run trained on as an MLflow dataset input: its DVC hash is the digest
+    (the same data gives the same digest across runs), ``count`` the number of images."""
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source_entity = _dataset_source(source)
+    dataset = Dataset(
+        name=name,
+        digest=dvc_hash,
+        source_type=source_entity._get_source_type(),
+        source=source_entity.to_json(),
+        profile=json.dumps({"num_images": count}),  # what the UI shows beside the digest
+    )
+    run_id = run_id or mlflow.active_run().info.run_id
+    mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def _dataset_source(source: str):
+    """A local path as a file URI; anything else (``torchvision:CIFAR10``) verbatim, as a tag."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    if Path(source).exists():
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns that it is ambiguous
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(Path(source).resolve().as_uri())
+    return CodeDatasetSource(tags={"source": source})

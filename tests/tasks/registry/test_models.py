@@ -25,11 +25,10 @@ from tasks.registry.models import (
     describe_version,
     log_classifier_model,
     log_encoder_model,
-    log_training_dataset,
     version_description,
     weights_dir,
 )
-from tasks.registry.tracking import use_store
+from tasks.registry.tracking import log_training_dataset, use_store
 
 IMAGES = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
 
