@@ -52,9 +52,7 @@ def describe(ctx: StageContext, prepared: Prepared) -> tuple[int, dict, str]:
 def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     """Train in ``pretrain.processes`` processes; rank 0's history and a writer of its encoder, None on the other ranks."""
     p, size, tracker = ctx.cfg.pretrain, ctx.cfg.data.image_size, ctx.tracker
-    job = TrainJob(
-        p, size, ctx.cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id
-    )
+    job = TrainJob(p, size, ctx.cfg.views(), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
     trained = launch(_train, p.processes, job, expected=(TrainingDiverged,), device=p.device)[0]
     if not is_main():
