@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssl_models.compile_plan import AutoCompile
 from ssl_models.data import EpochSampler, ImageSource, PrefetchLoader, as_source
 from ssl_models.distributed import gather_objects, world, wrap_for_training
 from ssl_models.memory_format import training_memory_format
@@ -65,7 +66,7 @@ class TrainSettings:
     channels_last: bool = True  # used on CUDA only (ssl_models/memory_format.py)
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto = bf16 on CUDA, fp32 on the CPU
-    compile: bool = False  # torch.compile the method's modules (first steps slower: compilation)
+    compile: bool | str = "auto"  # torch.compile the method's modules; auto: when the run is long enough to pay (compile_plan)
     prefetch_batches: int = 2  # batches read ahead by the loader thread; 0 = read in the loop
     checkpoint_every_steps: int = 0  # 0: a checkpoint after every epoch only
 
@@ -271,8 +272,10 @@ def pretrain(
     # loaded, so that DDP's initial broadcast sends the resumed weights. One process: the
     # method's own training_step.
     training_step = wrap_for_training(run.method, run.device)
-    if settings.compile:
+    if settings.compile is True:
         compile_method(run.method)
+    elif settings.compile == "auto":
+        run.auto_compile = AutoCompile(run.total_steps, run.device.type)
     loader = PrefetchLoader(run.source, run.sampler, run.device, settings.prefetch_batches)
     with _deferred_interrupt() as interrupt:
         while run.sampler.epoch <= settings.epochs:
@@ -304,6 +307,7 @@ class _Run:
     extra: dict[str, Any] | None
     step: int = 0
     history: list[EpochStats] = field(default_factory=list)
+    auto_compile: AutoCompile | None = None  # compile: auto, until it has decided
 
     @property
     def steps_per_epoch(self) -> int:
@@ -439,6 +443,7 @@ def _train_epoch(
     for batch in bar:
         loss, embeddings = _train_step(run, training_step, batch, epoch)
         sums.add(loss, embeddings, run.batch_size)
+        _maybe_compile(run)
         if progress:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         every = run.settings.checkpoint_every_steps
@@ -449,6 +454,19 @@ def _train_epoch(
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return _epoch_stats(run, epoch, sums)
+
+
+def _maybe_compile(run: _Run) -> None:
+    """``compile: auto``: once the first steps are timed, compile if the rest of the run pays for it."""
+    plan = run.auto_compile
+    if plan is None or not plan.step_done(run.step):
+        return
+    run.auto_compile = None
+    pays = gather_objects(plan.pays)[0]  # rank 0's decision, so that every rank does the same
+    if run.rank == 0:
+        log.info(plan.reason)
+    if pays:
+        compile_method(run.method)
 
 
 def _train_step(run: _Run, training_step: _StepFn, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,7 +162,10 @@ class PretrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         _default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)"
     )
-    compile: bool = Field(_default(TrainSettings, "compile"), description="torch.compile the model: faster steps after a slow first one")
+    compile: bool | Literal["auto"] = Field(
+        _default(TrainSettings, "compile"),
+        description="torch.compile the model (faster steps after minutes of compiling); auto: when the run is long enough to pay",
+    )
     checkpoint_every_steps: int = Field(
         _default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only"
     )
