@@ -281,7 +281,7 @@ def pretrain(
         while run.sampler.epoch <= settings.epochs:
             stats = _train_epoch(run, training_step, loader, partial, interrupt, progress)
             partial = None  # only the first epoch continues from a checkpoint's running sums
-            _end_epoch(run, stats, on_epoch_end, progress)
+            _end_epoch(run, stats, on_epoch_end)
     return run.history
 
 
@@ -525,17 +525,18 @@ def _epoch_stats(run: _Run, epoch: int, sums: _EpochSums) -> EpochStats:
     return stats
 
 
-def _end_epoch(run: _Run, stats: EpochStats, on_epoch_end: Callable[[EpochStats], None] | None, progress: bool) -> None:
+def _end_epoch(run: _Run, stats: EpochStats, on_epoch_end: Callable[[EpochStats], None] | None) -> None:
     """Record the epoch, move the sampler to the next one, write the checkpoint, report."""
     run.history.append(stats)
     run.sampler.set_epoch(stats.epoch + 1)
     _save(run, None)
     if on_epoch_end is not None:
         on_epoch_end(stats)
-    if progress:
-        tqdm.write(
-            f"epoch {stats.epoch}/{run.settings.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.4f}  "
-            f"{stats.images_per_s:.0f} img/s  emb-std {stats.embedding_std:.3f}  rank {stats.effective_rank:.1f}"
+    if run.rank == 0:  # the one line per epoch: the terminal (unless -q) and the Prefect run's logs
+        log.info(
+            "epoch %d/%d: loss %.4f, lr %.4f, %.0f %s/s, embedding std %.3f, effective rank %.1f",
+            *(stats.epoch, run.settings.epochs, stats.loss, stats.lr, stats.images_per_s, "img" if run.prepare_batch is None else "items"),
+            *(stats.embedding_std, stats.effective_rank),
         )
 
 

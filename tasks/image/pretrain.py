@@ -97,7 +97,6 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
 
         def on_epoch_end(stats: EpochStats) -> None:
             tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
-            log.info("epoch %d/%d: loss %.4f, %.0f img/s", stats.epoch, p.epochs, stats.loss, stats.images_per_s)
 
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0

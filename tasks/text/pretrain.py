@@ -44,7 +44,6 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
 
     def on_epoch_end(stats: EpochStats) -> None:
         tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
-        log.info("epoch %d/%d: loss %.4f, %.0f docs/s", stats.epoch, settings.epochs, stats.loss, stats.images_per_s)
 
     extra = {"run_id": run_id, "data_version": prepared.data_version}
     history, method = train_mlm(Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress)
