@@ -130,6 +130,20 @@ def owner_tags(root: Path) -> dict[str, str]:
     }
 
 
+def source_tags(root: Path) -> dict[str, str]:
+    """MLflow's own source tags, which fill the UI's Source column: the command and the commit."""
+    import sys
+
+    from tasks.core.lineage import git_commit
+
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]]) if sys.argv and sys.argv[0] else "sslpipe"
+    tags = {"mlflow.source.name": command, "mlflow.source.type": "LOCAL"}
+    commit = git_commit(Path(root))
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
+
+
 def tag_new_runs(root: Path) -> None:
     """Put :func:`owner_tags` on every run this process starts from now on (also a plain
     ``mlflow.start_run``), through MLflow's ``MLFLOW_RUN_CONTEXT`` tags."""
@@ -294,7 +308,8 @@ class Tracker:
         if self._run_id is None:
             experiment_id = use_store(self.root, self.experiment)
             # Owner tags: an interrupt ends the run KILLED, and the next start can tell it died.
-            run = self.client.create_run(experiment_id, run_name=self.run_name, tags={**owner_tags(self.root), **self.tags})
+            tags = {**owner_tags(self.root), **source_tags(self.root), **self.tags}
+            run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
             self._run_id = run.info.run_id
             remember_open_run(self._run_id, self.client.tracking_uri)
             if self.params:
