@@ -124,7 +124,12 @@ def _statistics(report: dict, unit: Unit) -> str:
                 [_td(f"{ref:.4f}", num=True), _td(f"{value - ref:+.4f}", num=True)] if isinstance(ref, int | float) else [_td(""), _td("")]
             )
         rows.append(cells)
-    note = "" if has_ref else '<p class="muted">No drift reference yet: this data becomes the reference.</p>'
+    if has_ref:
+        note = ""
+    elif report.get("success"):
+        note = '<p class="muted">No drift reference yet: this data becomes the reference.</p>'
+    else:  # failed data never becomes the reference (tasks/validation/drift_reference.py)
+        note = '<p class="muted">No drift reference yet. This data failed, so it does not become the reference.</p>'
     return f"<h2>Dataset statistics (good {unit.rows})</h2>{note}<table>{head}{_rows(rows)}</table>"
 
 

@@ -54,6 +54,7 @@ def test_failed_report_names_each_fault_and_file_and_loads_nothing(tmp_path, dum
         assert fault in html and name in html
     assert "images checked" in html and f"<b>{report.images}</b>" in html
     assert "Offending image files" in html and IMAGES.faults["not_an_image"] in html
+    assert "becomes the reference" not in html and "does not become the reference" in html  # failed data never does
 
 
 def test_passing_report_without_a_table(tmp_path, tiny_data):
@@ -61,6 +62,7 @@ def test_passing_report_without_a_table(tmp_path, tiny_data):
     report, _ = run_checks(ImageChecks(cfg, 32), tiny_data["unlabeled"], "unlabeled", tmp_path / "out")
     html = render(asdict(report), unit=IMAGES)
     assert report.success and "passed" in html and "Offending" not in html
+    assert "this data becomes the reference" in html
 
 
 def test_the_unit_names_the_rows_and_explains_the_faults():
