@@ -4,7 +4,8 @@ The model is an MLflow model (tasks/registry/models.py: a models-from-code pyfun
 plain files the pipeline writes, linked to the encoder's run, with a signature and a real
 input example) that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load without
 pickle. What is registered is checked first: the scores must be those of this encoder (its
-weights' sha256 and run id, recorded by evaluate). Every new version gets ``register.alias``
+weights' sha256 and run id, recorded by evaluate). Weights registered before get no new
+version (their version is re-tagged and gated again). Every new version gets ``register.alias``
 (``@challenger``) and then goes through the promotion gate (tasks/registry/promotion.py),
 which may make it ``@champion``; the gate compares only encoders of one modality (each has
 its registered model). The decision and both numbers are tags of the version and of the
@@ -33,6 +34,12 @@ def register(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, eval
     name = part.model_name(cfg)
     tags = lineage_tags(ctx, prepared, pretrained, evaluation, ctx.modality) | part.extra_tags(pretrained)
     use_store(ctx.layout.root, cfg.register.experiment)
-    model_id = part.log_model(ctx, prepared, pretrained, name, tags)
-    version, decision = register_version_and_gate(ctx.layout.root, cfg, name, model_id, tags, part.champion_rescorer(ctx, prepared.labeled))
+    version, decision = register_version_and_gate(
+        ctx.layout.root,
+        cfg,
+        name,
+        lambda: part.log_model(ctx, prepared, pretrained, name, tags),
+        tags,
+        part.champion_rescorer(ctx, prepared.labeled),
+    )
     return record_registration(ctx, name, version, decision, prepared, pretrained, evaluation)

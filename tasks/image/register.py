@@ -36,7 +36,7 @@ def _champion_rescorer(cfg: PipelineConfig, labeled_dir: str):
 
 def register_and_gate(root: Path, cfg: PipelineConfig, model_id: str, tags: dict[str, str], labeled_dir: str):
     """Register an image encoder as a new version of ``register.model_name`` and run the gate."""
-    return register_version_and_gate(root, cfg, cfg.register.model_name, model_id, tags, _champion_rescorer(cfg, labeled_dir))
+    return register_version_and_gate(root, cfg, cfg.register.model_name, lambda: model_id, tags, _champion_rescorer(cfg, labeled_dir))
 
 
 def model_name(cfg: PipelineConfig) -> str:

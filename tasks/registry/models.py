@@ -175,9 +175,10 @@ def log_classifier_model(classifier_dir: str | Path, name: str, run_id: str | No
 
 def version_description(decision: str, table: str, lines: dict[str, str] | None = None) -> str:
     """Markdown for a model version: the gate's decision, the evaluation table, and any
-    further ``key: value`` lines (e.g. data version, run id)."""
+    further ``key: value`` lines (e.g. data version, run id). It starts with plain words:
+    the registry's versions table shows the description's first characters as they are."""
     extra = "".join(f"- **{key}**: {value}\n" for key, value in (lines or {}).items())
-    return f"**Promotion gate:** {decision}\n\n{extra}\n```\n{table.rstrip()}\n```\n"
+    return f"Promotion gate: {decision}\n\n{extra}\n```\n{table.rstrip()}\n```\n"
 
 
 def describe_version(client, name: str, version: str | int, text: str) -> None:

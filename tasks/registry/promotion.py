@@ -165,7 +165,7 @@ def champion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    reason: str  # first | better | not_better
+    reason: str  # first | better | not_better | same_weights
     challenger_version: int
     challenger_acc: float
     champion_version: int | None  # the champion it was compared against
@@ -195,6 +195,8 @@ class Decision:
     def summary(self) -> str:
         if self.reason == "first":
             return f"version {self.challenger_version} is the first champion (probe {self.challenger_acc:.4f})"
+        if self.reason == "same_weights":
+            return f"version {self.challenger_version} stays champion: the same weights (probe {self.challenger_acc:.4f})"
         against = f"champion v{self.champion_version} {self.champion_acc:.4f}" + (
             " (re-evaluated on this data)" if self.champion_reevaluated else ""
         )
@@ -279,6 +281,10 @@ def gate(
             )
         if champion is None:
             decision = Decision(True, "first", int(version.version), challenger_acc, None, None, False, min_improvement)
+        elif champion.version == version.version:  # the champion's own weights, registered again: it stays
+            decision = Decision(
+                True, "same_weights", int(version.version), challenger_acc, int(champion.version), challenger_acc, False, 0.0
+            )
         else:
             reevaluated = not comparable(champion, version)
             champion_acc = rescore(champion) if reevaluated else float(champion.tags["probe_acc"])

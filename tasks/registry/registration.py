@@ -45,13 +45,43 @@ def check_scores_belong(pretrained: Pretrained, evaluation: Evaluation) -> None:
         )
 
 
-def register_version_and_gate(
-    root: Path, cfg: PipelineConfig, model_name: str, model_id: str, tags: dict[str, str], rescore: Callable[[object], float]
-):
-    """Register the logged model as a new version of ``model_name`` with ``register.alias``, then
-    the promotion gate (``rescore(model_version)``: a champion's probe accuracy on the current data).
+def describe_model(client, model_name: str, r) -> None:
+    """The registered model's own description (its page and the models list), set once."""
+    if client.get_registered_model(model_name).description:
+        return  # a description written in the UI stays
+    client.update_registered_model(
+        model_name,
+        description=(
+            f"Encoders pretrained by sslpipe's self-supervised pipeline. Every version gets @{r.alias}; the promotion gate "
+            f"makes the best by linear-probe accuracy @{r.champion_alias} (version tags: gate/*, data and code lineage). "
+            f"Load one with mlflow.pyfunc.load_model('models:/{model_name}@{r.champion_alias}')."
+        ),
+    )
 
-    Both under one cross-process lock: concurrent runs neither share a champion to beat
+
+def version_with_weights(model_name: str, weights_sha256: str):
+    """The registered version of ``model_name`` whose weights have this sha256, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{model_name}'")
+    except MlflowException:  # no such model yet
+        return None
+    same = [v for v in versions if v.tags.get("weights_sha256") == weights_sha256]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def register_version_and_gate(
+    root: Path, cfg: PipelineConfig, model_name: str, log_model: Callable[[], str], tags: dict[str, str], rescore: Callable[[object], float]
+):
+    """Register the model (``log_model()`` logs it and returns its id) as a new version of
+    ``model_name`` with ``register.alias``, then the promotion gate (``rescore(model_version)``:
+    a champion's probe accuracy on the current data). Weights registered before (the same
+    sha256: a rerun that changed only evaluation params) get no new version: that version is
+    re-tagged with today's scores and goes through the gate again.
+
+    All under one cross-process lock: concurrent runs neither share a champion to beat
     nor race for a version number. Returns (ModelVersion, Decision).
     """
     import mlflow
@@ -59,8 +89,16 @@ def register_version_and_gate(
     r = cfg.register
     client = mlflow.MlflowClient()
     with registry_lock(root):
-        version = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
+        sha256 = tags.get("weights_sha256")
+        version = version_with_weights(model_name, sha256) if sha256 else None
+        if version is None:
+            version = mlflow.register_model(f"models:/{log_model()}", model_name, tags=tags)
+        else:
+            log.info("%s version %s has these weights already (sha256 %s): no new version", model_name, version.version, sha256[:12])
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, version.version, key, value)
         client.set_registered_model_alias(model_name, r.alias, version.version)
+        describe_model(client, model_name, r)
         decision = gate(client, model_name, version, float(tags["probe_acc"]), r.champion_alias, r.min_improvement, rescore)
     return version, decision
 

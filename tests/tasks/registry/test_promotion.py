@@ -49,6 +49,19 @@ def test_first_version_becomes_champion_and_the_decision_is_recorded(tmp_path, m
     assert run.data.metrics["gate/challenger_probe_acc"] == 0.5
 
 
+def test_the_same_weights_get_no_new_version(tmp_path, mlflow_store):
+    first = register_stage(make_registrable_project(tmp_path / "a", 0.5), load_config(None))
+    # Another run with the very same weights (a rerun that changed only evaluation params), scored anew
+    again = register_stage(make_registrable_project(tmp_path / "b", 0.55), load_config(None))
+    versions = client(mlflow_store).search_model_versions(f"name = '{NAME}'")
+    assert [int(v.version) for v in versions] == [1] and first["version"] == again["version"] == 1
+    assert "promotion gate" in client(mlflow_store).get_registered_model(NAME).description
+    assert again["champion"] is True and "stays champion: the same weights" in again["decision"]
+    assert client(mlflow_store).get_model_version(NAME, "1").tags["probe_acc"] == repr(0.55)  # re-tagged with today's score
+    other = register_stage(make_registrable_project(tmp_path / "c", 0.6, encoder_seed=1), load_config(None))
+    assert other["version"] == 2
+
+
 @pytest.mark.parametrize(
     ("second", "min_improvement", "promoted"),
     [(0.6, 0.0, True), (0.4, 0.0, False), (0.5, 0.0, False), (0.52, 0.05, False), (0.55, 0.05, True)],
@@ -88,7 +101,7 @@ def test_champion_scored_differently_is_re_evaluated_on_the_current_data(tmp_pat
 
     tags = client(mlflow_store).get_model_version(NAME, "2").tags
     assert tags["gate/champion_reevaluated"] == "true"
-    assert float(tags["gate/champion_probe_acc"]) == expected
+    assert tags["gate/champion_probe_acc"] == f"{expected:.4f}"  # rounded for people; the metric is exact
     assert record["champion"] is True and champion(mlflow_store) == 2
 
 
