@@ -371,3 +371,12 @@ def _dataset_source(source: str):
             warnings.simplefilter("ignore", UserWarning)
             return resolve_dataset_source(Path(source).resolve().as_uri())
     return CodeDatasetSource(tags={"source": source})
+
+
+def weights_dir(downloaded: str | Path) -> Path:
+    """The folder holding weights.pt + config.json in a downloaded model: ``artifacts/`` of a
+    pyfunc logged here (tasks/registry/models.py), or the model folder itself for a version
+    registered as plain files. Here, not with the model logging: pretrain reads registered
+    weights too (``pretrain.init=models:/...``) and does not depend on how models are logged."""
+    downloaded = Path(downloaded)
+    return downloaded / "artifacts" if (downloaded / "artifacts" / "weights.pt").exists() else downloaded
