@@ -361,6 +361,7 @@ EXPECTED = (
     "tasks.registry.promotion:PromotionError",
     "ssl_models.training:TrainingDiverged",
     "ssl_models.export:ExportMismatch",
+    "tasks.image.init:InitError",
 )
 
 

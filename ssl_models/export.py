@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,10 @@ def export_onnx(encoder: nn.Module, example: torch.Tensor, path: str | Path) -> 
     module, dims = _traceable(encoder)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The exporter prints its progress ("[torch.onnx] Obtain model graph ..."): kept out of the terminal.
+    # The exporter prints its progress ("[torch.onnx] Obtain model graph ...") and its optimiser
+    # logs every pass at INFO: both kept out of the terminal.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(
             module,
