@@ -67,10 +67,16 @@ def _traceable(encoder: nn.Module) -> tuple[nn.Module, dict[int, torch.export.Di
     return _TextFeatures(encoder).eval(), dims
 
 
+def _two_rows(example: torch.Tensor) -> torch.Tensor:
+    """torch.export specialises an axis of size 1 to a constant: export with at least 2 rows."""
+    return example if len(example) >= 2 else torch.cat([example, example])
+
+
 def export_onnx(encoder: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     """Write ``encoder`` as an ONNX file with a dynamic batch axis (text: also the length).
-    ``example``: a real batch of what it takes (at least 2 rows, so the batch axis stays symbolic)."""
+    ``example``: a real batch of what it takes."""
     module, dims = _traceable(encoder)
+    example = _two_rows(example)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter prints its progress ("[torch.onnx] Obtain model graph ...") and its optimiser
@@ -97,7 +103,7 @@ def export_program(encoder: nn.Module, example: torch.Tensor, path: str | Path) 
     ``torch.export.load(path).module()`` without this package; the same dynamic axes as ONNX."""
     module, dims = _traceable(encoder)
     with torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
+        program = torch.export.export(module, (_two_rows(example),), dynamic_shapes=(dims,))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
