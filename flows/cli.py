@@ -134,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Undo the last change of @champion (by the promotion gate or `sslpipe promote`); repeatable, back through the history.",
     )
     _project(rollback)
+    export = commands.add_parser(
+        "export",
+        help="export a registered encoder as ONNX or a torch.export program",
+        description="Export a registered encoder (default models:/<register.model_name>@<register.champion_alias>) with a dynamic "
+        "batch axis, check it against the torch encoder on the version's input example (fails above 1e-4) and log the file to "
+        "the version's MLflow run.",
+    )
+    export.add_argument("--format", dest="export_format", choices=["onnx", "torch_export"], default="onnx", help="(default: onnx)")
+    export.add_argument("--model", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)")
+    export.add_argument("--out", metavar="DIR", help="where the file goes (default: <root>/models/export)")
+    _project(export)
     return parser
 
 
@@ -310,6 +321,26 @@ def run_registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """``export``: a registered encoder as ONNX or a torch.export program (tasks/registry/export.py)."""
+    from tasks.registry.export import export_registered
+    from tasks.registry.tracking import use_store
+
+    cfg = _config(args)
+    root = Path(args.root).resolve()
+    use_store(root, cfg.register.experiment)
+    uri = args.model or f"models:/{cfg.register.model_name}@{cfg.register.champion_alias}"
+    out = Path(args.out) if args.out else root / "models" / "export"
+    from mlflow.exceptions import MlflowException
+
+    try:
+        exported = export_registered(uri, args.export_format, out)
+    except MlflowException as err:  # no such model, version or alias: one line, not a traceback
+        raise ExpectedError(f"sslpipe export: {uri}: {err.message}") from None
+    print(exported.summary())
+    return 0
+
+
 COMMANDS = {
     "run": run_pipeline,
     "serve": serve,
@@ -317,6 +348,7 @@ COMMANDS = {
     "promote": run_registry_command,
     "rollback": run_registry_command,
     "generate": generate,
+    "export": run_export,
 }
 # Faults of the input, the config or the order of stages: a message, exit 2, no traceback.
 EXPECTED = (
@@ -328,6 +360,8 @@ EXPECTED = (
     "tasks.validation.report:DataValidationError",
     "tasks.registry.promotion:PromotionError",
     "ssl_models.training:TrainingDiverged",
+    "ssl_models.export:ExportMismatch",
+    "tasks.image.init:InitError",
 )
 
 

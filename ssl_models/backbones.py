@@ -294,6 +294,54 @@ class VisionTransformer(nn.Module):
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, self.grid_size, self.grid_size)
 
 
+TIMM_PREFIX = "timm:"  # pretrain.backbone=timm:NAME: any model of the timm library
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model (``pretrain.backbone=timm:NAME``) as a backbone: its pooled features.
+
+    Built by ``timm.create_model(name, pretrained=False, num_classes=0)``: no weights are
+    downloaded (``pretrained=True`` downloads timm's, for ``pretrain.init=timm:NAME`` only:
+    tasks/image/init.py; the pipeline never builds it so otherwise), and ``num_classes=0``
+    removes the classifier, so ``forward`` gives timm's pooled pre-logits features,
+    (B, 3, H, W) -> (B, feature_dim). Models with a fixed input size (ViTs, Swin, ...) are
+    built at ``image_size`` (timm's ``img_size``, which also resizes their position embedding);
+    CNNs take any size as they are (at 32 px an ImageNet stem leaves a 1x1 map: cheap, coarse).
+
+    >>> net = TimmBackbone("resnet18")  # doctest: +SKIP
+    >>> net(torch.zeros(2, 3, 32, 32)).shape  # doctest: +SKIP
+    torch.Size([2, 512])
+    """
+
+    def __init__(self, name: str, image_size: int = 32, pretrained: bool = False) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"backbone {TIMM_PREFIX}{name} needs the timm package: pip install timm") from None
+        if not timm.is_model(name):
+            raise ValueError(f"backbone {TIMM_PREFIX}{name}: timm has no model {name!r} (timm.list_models() lists them)")
+        try:
+            net = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=image_size)
+        except TypeError:  # a model that takes any size has no img_size argument
+            net = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        self.net = net
+        # What forward returns: timm's pre-logits width (head_hidden_size where a head adds a
+        # layer after pooling, as MobileNetV3's; else num_features).
+        self.feature_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, H, W) normalised -> (B, feature_dim)
+        return self.net(x)
+
+    def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map (B, C, h, w) for the dense pretext tasks; CNNs only."""
+        fmap = self.net.forward_features(x)
+        if fmap.dim() != 4:
+            raise ValueError(f"{type(self.net).__name__} gives tokens, not a spatial map: colorization and inpainting need a CNN")
+        return fmap
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": ResNet18Cifar,  # the name is historical: the stem follows image_size
     "resnet18": functools.partial(TorchvisionResNet, "resnet18"),
@@ -317,10 +365,13 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
     Callers pass the pipeline's common settings (``width``, ``image_size``, ...); each
     backbone takes the ones its constructor names and ignores the rest, so configs
-    need no per-backbone branches.
+    need no per-backbone branches. ``timm:NAME`` is any timm model (:class:`TimmBackbone`).
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    constructor = BACKBONES[name]
+    if name.startswith(TIMM_PREFIX):
+        constructor = functools.partial(TimmBackbone, name.removeprefix(TIMM_PREFIX))
+    elif name in BACKBONES:
+        constructor = BACKBONES[name]
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or {TIMM_PREFIX}NAME (any timm model)")
     accepted = inspect.signature(constructor).parameters
     return constructor(**{k: v for k, v in kwargs.items() if k in accepted})

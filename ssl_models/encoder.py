@@ -27,6 +27,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 WEIGHTS_FILE = "weights.pt"
+SAFETENSORS_FILE = "weights.safetensors"  # the same weights, beside weights.pt in a registered model
 CONFIG_FILE = "config.json"
 
 
@@ -98,18 +99,43 @@ def load_encoder(directory: str | Path, map_location: str | torch.device = "cpu"
     return encoder_from_weights(config, state)
 
 
-def export_program(encoder: Encoder, path: str | Path) -> Path:
-    """Save the encoder as a ``torch.export`` program (``.pt2``): the graph and weights, loadable
-    with ``torch.export.load(path).module()`` without this package (for serving stacks that take
-    exported PyTorch programs). Any batch size; the image size it was trained at. TorchScript
-    (``torch.jit``) is deprecated in current PyTorch, so this is the export kept; ONNX would
-    need the ``onnx`` package, which the project does not install."""
-    size = encoder.config.get("image_size", 32)
-    example = torch.rand(2, 3, size, size)
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        program = torch.export.export(encoder.eval(), (example,), dynamic_shapes=({0: batch},))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, path)
-    return path
+class InitWeightsError(ValueError):
+    """Given weights do not fit the encoder (missing tensors or other shapes); the message names them."""
+
+
+# Where a given state_dict's keys may sit in an Encoder's: the whole encoder (the project's own
+# weights.pt), its backbone, or the model inside a torchvision / timm backbone (their own files).
+INIT_PREFIXES = ("", "backbone.", "backbone.net.")
+
+
+def _names(keys: list[str], shown: int = 3) -> str:
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def load_init_weights(encoder: nn.Module, given: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``given`` (a state_dict of the encoder, of its backbone, or of a torchvision / timm
+    model) into ``encoder``; every tensor of the encoder must be given, in its shape.
+
+    Returns the given keys that the encoder has no place for (a classifier's ``fc.*``), which
+    are left out; raises :class:`InitWeightsError` naming the keys whose shapes differ, or
+    those missing. The prefix is the one under which most given keys find a place.
+
+    >>> net = Encoder("resnet18_cifar", {"width": 4})
+    >>> load_init_weights(net, {"fc.weight": torch.zeros(1), **net.backbone.state_dict()})
+    ['fc.weight']
+    """
+    target = encoder.state_dict()
+    prefix = max(INIT_PREFIXES, key=lambda p: sum(p + key in target for key in given))
+    matched = {prefix + key: value for key, value in given.items() if prefix + key in target}
+    ignored = sorted(key for key in given if prefix + key not in target)
+    wrong = [key for key, value in matched.items() if tuple(value.shape) != tuple(target[key].shape)]
+    if wrong:
+        shapes = "; ".join(f"{key} {tuple(matched[key].shape)} given, {tuple(target[key].shape)} here" for key in wrong[:3])
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise InitWeightsError(f"{len(wrong)} tensor(s) have another shape: {shapes}{more}")
+    missing = sorted(set(target) - set(matched))
+    if missing:
+        raise InitWeightsError(f"{len(missing)} of the encoder's {len(target)} tensors are not in the given weights: {_names(missing)}")
+    encoder.load_state_dict(matched)
+    return ignored

@@ -172,9 +172,12 @@ class TextEncoder(nn.Module):
             x = block(x, attend)
         return self.norm(x)
 
-    def features(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, dim): the mean of the non-padding tokens (what evaluation uses)."""
-        token_ids = trim_padding(token_ids)
+    def features(self, token_ids: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """(B, L) ids -> (B, dim): the mean of the non-padding tokens (what evaluation uses).
+        ``trim=False`` skips :func:`trim_padding` (the same result, padding is masked anyway):
+        its data-dependent length cannot be held by an exported graph (ssl_models/export.py)."""
+        if trim:
+            token_ids = trim_padding(token_ids)
         keep = (token_ids != PAD_ID).unsqueeze(-1).float()  # (B, L, 1)
         tokens = self.forward_tokens(token_ids)
         return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)

@@ -229,3 +229,14 @@ def kill_at_first_checkpoint(command: list[str], cwd: Path, env: dict[str, str] 
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert not (cwd / "models" / "encoder").exists(), "the run ended before the kill: make it longer"
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """The Hugging Face hub (where timm's weights live) offline, as without a network: any
+    download attempt fails at once. The environment variable is read when huggingface_hub is
+    imported, so the module's flag is set too."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

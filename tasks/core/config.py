@@ -151,6 +151,11 @@ class PretrainConfig(Section):
     )
     backbone: str = Field("auto", description="auto = the method's preferred backbone")
     width: int = Field(16, ge=4, description="ResNet base width: 16 on a CPU, 64 (the paper's) on a GPU")
+    init: str | None = Field(
+        None,
+        description="start from these weights: a .pt/.safetensors state_dict, timm:NAME or torchvision:NAME (their pretrained "
+        "weights, downloaded), or models:/NAME@ALIAS; null: a random init",
+    )
     epochs: int = Field(_default(TrainSettings, "epochs"), ge=1)
     batch_size: int = Field(_default(TrainSettings, "batch_size"), ge=2)
     optimizer: Literal["auto", "sgd", "adamw"] = Field("auto", description="auto = the method's recommendation (MAE: adamw), else sgd")

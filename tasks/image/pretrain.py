@@ -29,6 +29,7 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig, PretrainConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared
+from tasks.image.init import InitWeights, apply_init, resolve_init
 from tasks.image.prepared import open_unlabeled
 from tasks.registry.tracking import Tracker
 
@@ -52,7 +53,8 @@ def describe(ctx: StageContext, prepared: Prepared) -> tuple[int, dict, str]:
 def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     """Train in ``pretrain.processes`` processes; rank 0's history and a writer of its encoder, None on the other ranks."""
     p, size, tracker = ctx.cfg.pretrain, ctx.cfg.data.image_size, ctx.tracker
-    job = TrainJob(p, size, ctx.cfg.views(), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
+    init = _init(ctx) if p.init else None
+    job = TrainJob(p, size, ctx.cfg.views(), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id, init)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
     trained = launch(_train, p.processes, job, expected=(TrainingDiverged,), device=p.device)[0]
     if not is_main():
@@ -61,6 +63,19 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     encoder = _encoder(p, size)
     encoder.load_state_dict(weights)
     return history, lambda folder, extra: save_encoder(encoder, folder, extra=extra)
+
+
+def _init(ctx: StageContext) -> InitWeights:
+    """``pretrain.init`` as a local file, checked against the encoder before anything trains;
+    rank 0 records its sha256 (the value as given is a param)."""
+    p, size = ctx.cfg.pretrain, ctx.cfg.data.image_size
+    init = resolve_init(p.init, ctx.layout, size)
+    ignored = apply_init(_encoder(p, size), init)
+    if is_main():
+        ctx.tracker.set_tags({"init": p.init, "init_sha256": init.sha256})
+        left_out = f"; left out: {len(ignored)} tensor(s) the encoder has no place for ({', '.join(ignored[:3])})" if ignored else ""
+        log.info("starting from %s (%s, sha256 %s)%s", p.init, init.path, init.sha256[:12], left_out)
+    return init
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class TrainJob:
     root: Path  # with experiment and run_id: rank 0 reopens the stage's MLflow run
     experiment: str
     run_id: str
+    init: InitWeights | None = None  # pretrain.init, resolved to a local file
 
 
 def _encoder(p: PretrainConfig, size: int) -> Encoder:
@@ -86,7 +102,10 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
     """One training process: rank 0 returns the history and the encoder's weights, the others None."""
     p = job.pretrain
     torch.manual_seed(p.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    method = build_method(p.method, _encoder(p, job.image_size), job.views, **p.method_params)
+    encoder = _encoder(p, job.image_size)
+    if job.init is not None:  # before the method is built: BYOL's and MoCo's target encoders copy it
+        apply_init(encoder, job.init)
+    method = build_method(p.method, encoder, job.views, **p.method_params)
     device = torch.device(p.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # launch gave each process its own GPU

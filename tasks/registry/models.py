@@ -27,16 +27,19 @@ from pathlib import Path
 import numpy as np
 
 import ssl_models
-from ssl_models.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder
+from ssl_models.backbones import TIMM_PREFIX
+from ssl_models.encoder import CONFIG_FILE, SAFETENSORS_FILE, WEIGHTS_FILE, Encoder
+from tasks.registry.tracking import weights_dir  # its home was here: importers of it from here still find it
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_image.py")
 TEXT_PYFUNC_CODE = Path(__file__).with_name("pyfunc_text.py")
 
 
-def _requirements(text: bool = False) -> list[str]:
+def _requirements(text: bool = False, config: dict | None = None) -> list[str]:
     """What loading and running the model needs, pinned to the versions it was logged with.
     torch's local build tag (``+cu130``) is dropped: a CPU or CUDA wheel of the same version
-    both load the weights. mlflow itself is added by MLflow; text models need ``tokenizers``."""
+    both load the weights. mlflow itself is added by MLflow; text models need ``tokenizers``,
+    a ``timm:`` backbone (an encoder's or a classifier's encoder's) needs ``timm``."""
     import torch
 
     pins = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
@@ -44,7 +47,23 @@ def _requirements(text: bool = False) -> list[str]:
         import tokenizers
 
         pins.append(f"tokenizers=={tokenizers.__version__}")
+    config = config or {}
+    if str(config.get("encoder", config).get("backbone", "")).startswith(TIMM_PREFIX):
+        import timm
+
+        pins.append(f"timm=={timm.__version__}")
     return pins
+
+
+def write_safetensors(weights: Path, target: Path) -> Path:
+    """``weights`` (a weights.pt state_dict) as a .safetensors file: the format other tools load.
+    Tensors are cloned: safetensors refuses tensors that share memory."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(target))
+    return target
 
 
 def _signature(image_size: int, outputs: int):
@@ -77,6 +96,7 @@ def _log(
     from mlflow.models import Model
 
     text = metadata.get("modality") == "text"
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
     artifacts = {"weights": str(model_dir / WEIGHTS_FILE), "config": str(model_dir / CONFIG_FILE)}
     if text:
         import pandas as pd
@@ -91,6 +111,8 @@ def _log(
         example = example_images(image_size) if input_example is None else np.asarray(input_example, dtype=np.float32)
         signature = _signature(image_size, outputs)
     with tempfile.TemporaryDirectory() as tmp:
+        # The same weights as safetensors beside weights.pt, for tools that load that format.
+        artifacts["safetensors"] = str(write_safetensors(model_dir / WEIGHTS_FILE, Path(tmp) / SAFETENSORS_FILE))
         # A clean copy of the package: no __pycache__ in the model, and nothing of the caller's.
         code = shutil.copytree(Path(ssl_models.__file__).parent, Path(tmp) / "ssl_models", ignore=shutil.ignore_patterns("__pycache__"))
         info = Model.log(
@@ -103,19 +125,12 @@ def _log(
             code_paths=[str(code)],
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(text),
+            pip_requirements=_requirements(text, config),
             metadata=metadata,
             tags=tags,
             model_type=model_type,
         )
     return info.model_id
-
-
-def weights_dir(downloaded: str | Path) -> Path:
-    """The folder holding weights.pt + config.json in a downloaded model: ``artifacts/`` of a
-    pyfunc logged here, or the model folder itself for a version registered as plain files."""
-    downloaded = Path(downloaded)
-    return downloaded / "artifacts" if (downloaded / "artifacts" / WEIGHTS_FILE).exists() else downloaded
 
 
 def log_encoder_model(encoder_dir: str | Path, name: str, run_id: str | None, tags: dict[str, str], input_example=None) -> str:

@@ -106,7 +106,9 @@ def register_version_and_gate(
 def lineage_tags(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, evaluation: Evaluation, modality: str) -> dict[str, str]:
     """Every version's tags: where it came from (data, code, run, weights) and what it scored."""
     tracker, ssl = ctx.tracker, evaluation.metrics["ssl"]
+    started_from = {key: tracker.tag(key) for key in ("init", "init_sha256") if tracker.tag(key)}  # pretrain.init's weights
     return {
+        **started_from,
         "data_version": tracker.tag("data_version"),
         "git_commit": tracker.tag("git_commit"),
         "method": pretrained.method,

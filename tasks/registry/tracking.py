@@ -392,3 +392,12 @@ def _significant(value: float) -> float:
     """``value`` to 6 significant digits: a float32 accuracy of 0.32 reads 0.32 in the UI, not
     0.3199999928474426, and nothing a person or a comparison would notice is lost."""
     return float(f"{float(value):.6g}")
+
+
+def weights_dir(downloaded: str | Path) -> Path:
+    """The folder holding weights.pt + config.json in a downloaded model: ``artifacts/`` of a
+    pyfunc logged here (tasks/registry/models.py), or the model folder itself for a version
+    registered as plain files. Here, not with the model logging: pretrain reads registered
+    weights too (``pretrain.init=models:/...``) and does not depend on how models are logged."""
+    downloaded = Path(downloaded)
+    return downloaded / "artifacts" if (downloaded / "artifacts" / "weights.pt").exists() else downloaded

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def check(cfg: PipelineConfig) -> None:
-    """Nothing to check before training: the config already matched the method to the text."""
+    """The config already matched the method to the text; starting from given weights is for images only."""
+    if cfg.pretrain.init:
+        raise ValueError(f"pretrain.init={cfg.pretrain.init}: starting from given weights works for image encoders only, not yet for text")
 
 
 def describe(ctx: StageContext, prepared: Prepared) -> tuple[int, dict, str]:

@@ -1,18 +1,24 @@
 """Text through the same commands as images: `sslpipe run` with pretrain.method=mlm on a tiny
 AG News slice runs every stage, scores MLM against random init and TF-IDF, registers
-ssl-text-encoder with its tokenizer; `sslpipe finetune` fine-tunes it on labeled text; a
+ssl-text-encoder with its tokenizer (exported as ONNX: token ids in); `sslpipe finetune` fine-tunes it on labeled text; a
 method of the wrong modality fails before any stage runs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
+from tokenizers import Tokenizer
 
+from ssl_models.export import onnx_features
+from ssl_models.text import TOKENIZER_FILE, clean_text
 from tests.conftest import TINY_TEXT_PARAMS, write_params
 from tests.flows.test_cli import sslpipe
 
@@ -58,6 +64,16 @@ def test_sslpipe_run_and_finetune_on_text(text_project, mlflow_store):
     embeddings = model.predict(pd.DataFrame({"text": ["Stocks rallied on Wall Street", "The striker scored twice"]}))
     assert embeddings.shape == (2, 32)
     assert not client.search_registered_models(filter_string="name='ssl-encoder'")  # no image model touched
+
+    # ONNX: token ids in (tokenized by the model's own tokenizer), the pyfunc's embeddings out.
+    exported = sslpipe("export", "--model", "models:/ssl-text-encoder/1", cwd=text_project)
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
+    assert "max abs diff" in exported.stdout
+    downloaded = Path(mlflow.artifacts.download_artifacts("models:/ssl-text-encoder/1"))
+    tokenizer = Tokenizer.from_file(str(downloaded / "artifacts" / TOKENIZER_FILE))
+    ids = [e.ids for e in tokenizer.encode_batch([clean_text(t) for t in ["Stocks rallied on Wall Street", "The striker scored twice"]])]
+    onnx_embeddings = onnx_features(text_project / "models" / "export" / "ssl-text-encoder-v1.onnx", torch.tensor(ids))
+    assert np.abs(onnx_embeddings - embeddings).max() <= 1e-4
 
     # A new tokenizer changes the evaluation data's token ids: the gate re-scores the text champion
     # on them, through the champion's own tokenizer, before comparing.
