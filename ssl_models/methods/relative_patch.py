@@ -20,30 +20,39 @@ parts are laid out, unless it finds a shortcut; the paper closes two:
     (width-8 ResNet, batch 64, 3 epochs; random init kNN 0.265 / probe 0.267): at 0.5,
     kNN 0.212-0.242 / probe 0.232-0.277 over 5 runs, below random init; at 0,
     0.265-0.288 / 0.277-0.334 over 5 runs, with a lower pretext loss (1.86-1.94 vs
-    1.95-1.98).
+    1.95-1.98). (Those runs, with 16 px patches, trained in channels_last on the CPU,
+    whose oneDNN kernels were later found to corrupt width-8 training; without it the
+    same run fell below random init: see the patch resolution below.)
 
 Geometry at 32x32 (pixels): patches of 7, gaps of 4, jitter of +-1 and a random grid
 offset: 3 * 7 + 2 * 4 = 29 px, which fits with the jitter. The paper's ratios are
 about the same (96 px patches, 48 px gaps, 7 px jitter). Each patch is resampled to
-16x16 (bilinear, one ``grid_sample`` for the whole batch, so sub-pixel jitter costs
-nothing): upsampling adds no information, but at 7 px the CIFAR ResNet's three
-stride-2 stages would leave a 1x1 map; at 16 px it is 2x2 before pooling, and a pair
-of patches costs about half a 32x32 image.
+``patch_resolution`` = 8 px (bilinear, one ``grid_sample`` for the whole batch, so
+sub-pixel jitter costs nothing): about its own size, so the encoder learns its filters
+on pixels at the scale it later sees in whole images. The CIFAR ResNet's last stage then
+sees a 1x1 map; its adaptive pooling takes that as it takes the 4x4 of a whole image.
+
+Why 8 and not 16 (the default until 2026-12): at 16 px every patch is a 2.3x bilinear
+magnification, blurred, and the encoder learned filters for that; on whole 32 px images
+its features fell below random init (learn test, width-8 ResNet, batch 64, 3 epochs,
+random init kNN 0.265 / probe 0.267: kNN 0.218 / probe 0.253, and longer training made
+it worse while the pretext loss kept falling). At 8 px the same run (benchmarks/
+learn_budget.py) gives kNN 0.282 / probe 0.281 (seed 0; after its first epoch 0.282 /
+0.292) and kNN 0.261 / probe 0.272 (seed 1, which starts from the random-init encoder
+itself): above random init, but by little on seed 1. Patches of 8 px with gaps of 3
+(span 32) made the pretext easier (loss 1.91 vs 1.96) and the features no better
+(seed 0: kNN 0.258 / probe 0.276). 9 patches of 8x8 are a quarter of the pixels of
+9 of 16x16 (about 0.6 of one 32 px image).
 
 Pairs per image: the paper draws one neighbour per image. With ``all_neighbours``
 (the default here) every image gives all 8 pairs, sharing one centre patch: 9
-patches, about 2.25 times the cost of one 32x32 image, for 8 times the labels. On
-1000 CIFAR images one pair per image stayed at chance (ln 8 = 2.08) for 8 epochs,
-while all 8 pairs went below it within 4 (2.13, 2.09, 2.08, 2.07); the task is hard
-at this resolution and needs the denser signal.
+patches for 8 times the labels. On 1000 CIFAR images (16 px patches) one pair per
+image stayed at chance (ln 8 = 2.08) for 8 epochs, while all 8 pairs went below it
+within 4 (2.13, 2.09, 2.08, 2.07); the task is hard at this resolution and needs the
+denser signal.
 
-At these budgets the features it learns transfer only a little to whole images: every
-run above reached at least the best kNN of 5 random-init encoders (0.237-0.264; probe
-0.263-0.298), a lift of about 0.03, and training longer makes it worse while the
-pretext loss keeps falling (6 epochs: loss 2.06 -> 1.57, kNN 0.215 / probe 0.264).
-The pretext is learned on 7-px patches shown at 16 px; the probe sees whole 32-px
-images, and recalibrating BatchNorm on whole images after training did not help
-(kNN 0.202 / probe 0.256 vs 0.216 / 0.267 without).
+At these budgets the features it learns transfer only a little to whole images: a lift
+of 0.005-0.02 over random init, and the best scores come after the first epoch.
 
 Backbones: ``resnet18_cifar`` (any CNN with adaptive pooling; the ViT's position
 embedding is fixed to 32x32 inputs).
@@ -77,7 +86,7 @@ class RelativePatchLocation(nn.Module):
         patch_pixels: float = 7,
         gap_pixels: float = 4,
         jitter_pixels: float = 1,
-        patch_resolution: int = 16,
+        patch_resolution: int = 8,
         color_drop_p: float = 0.0,
         hidden_dim: int = 256,
         crop_scale: tuple[float, float] = (0.5, 1.0),
