@@ -24,13 +24,13 @@ from ssl_models.distributed import is_main
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.launch import launch
 from ssl_models.methods import build_method, check_image_size
-from ssl_models.training import EpochStats, TrainingDiverged
+from ssl_models.training import EpochStats, TrainingDiverged, TrainingStopped
 from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig, PretrainConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared
 from tasks.image.prepared import open_unlabeled
-from tasks.registry.tracking import Tracker
+from tasks.registry.tracking import ServerWatch, Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
         p, size, ctx.cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id
     )
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
-    trained = launch(_train, p.processes, job, expected=(TrainingDiverged,), device=p.device)[0]
+    trained = launch(_train, p.processes, job, expected=(TrainingDiverged, TrainingStopped), device=p.device)[0]
     if not is_main():
         return None
     history, weights = trained
@@ -104,9 +104,13 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0
     extra = {"run_id": job.run_id}
-    history = train_method(
-        method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size
-    )
+    # A tracking server that goes away stops training within seconds, with a checkpoint to resume
+    # from. One process only: with several, rank 0 could not save alone (the save is a collective).
+    with ServerWatch(tracking_uri(job.root)) as watch:
+        history = train_method(
+            method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size,
+            should_stop=watch.lost if world_size == 1 else None,
+        )  # fmt: skip
     if rank != 0:
         return None
     return history, {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}

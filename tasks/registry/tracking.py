@@ -371,3 +371,65 @@ def _dataset_source(source: str):
             warnings.simplefilter("ignore", UserWarning)
             return resolve_dataset_source(Path(source).resolve().as_uri())
     return CodeDatasetSource(tags={"source": source})
+
+
+# The tracking server's heartbeat during training: asked every HEARTBEAT_S, it is lost after
+# HEARTBEAT_MISSES failed answers in a row (each waits at most HEARTBEAT_TIMEOUT_S): within
+# about 15-25 s of the server going away, not at the end of the epoch.
+HEARTBEAT_S, HEARTBEAT_MISSES, HEARTBEAT_TIMEOUT_S = 5.0, 2, 4.0
+
+
+class ServerWatch:
+    """A background thread asking an MLflow tracking server's ``/health``.
+
+    ``lost()`` is None while it answers, then a line naming the server and what went wrong;
+    a training loop asks it between steps (``pretrain(..., should_stop=watch.lost)``), saves a
+    checkpoint and stops. A store that is not a server (sqlite, a database URI) is not watched.
+    """
+
+    def __init__(self, uri: str, interval_s: float = HEARTBEAT_S, misses: int = HEARTBEAT_MISSES, timeout_s: float = HEARTBEAT_TIMEOUT_S):
+        import threading
+
+        self.uri, self.interval_s, self.misses, self.timeout_s = uri, interval_s, misses, timeout_s
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="mlflow-heartbeat", daemon=True)
+
+    @property
+    def watched(self) -> bool:
+        return urlparse(self.uri).scheme in ("http", "https")
+
+    def lost(self) -> str | None:
+        return self._lost
+
+    def _problem(self) -> str | None:
+        import httpx
+
+        try:
+            response = httpx.get(self.uri.rstrip("/") + "/health", timeout=self.timeout_s)
+            return None if response.status_code == 200 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as err:
+            return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+    def _watch(self) -> None:
+        failed, first = 0, 0.0
+        while not self._stop.wait(self.interval_s):
+            problem = self._problem()
+            if problem is None:
+                failed = 0
+                continue
+            failed, first = failed + 1, first if failed else time.monotonic()
+            if failed >= self.misses:
+                took = time.monotonic() - first + self.interval_s
+                self._lost = f"MLflow tracking server {self.uri} stopped answering ({problem}; no answer for about {took:.0f} s)"
+                return
+
+    def __enter__(self) -> ServerWatch:
+        if self.watched:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout_s + 1)

@@ -15,6 +15,7 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, file_sha256
+from tasks.registry.tracking import ServerWatch, tracking_uri
 from tasks.text.model import build_mlm
 from tasks.text.tokens import (
     load_token_shards,
@@ -47,7 +48,10 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
         log.info("epoch %d/%d: loss %.4f, %.0f docs/s", stats.epoch, settings.epochs, stats.loss, stats.images_per_s)
 
     extra = {"run_id": run_id, "data_version": prepared.data_version}
-    history, method = train_mlm(Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress)
+    with ServerWatch(tracking_uri(tracker.root)) as watch:  # a tracking server that goes away stops training (see the image part)
+        history, method = train_mlm(
+            Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress, watch.lost
+        )
     tokenizer = Path(prepared.unlabeled) / TOKENIZER_FILE
     return history, lambda folder, extra: save_text_encoder(method.encoder.cpu(), folder, tokenizer, extra=extra)
 
@@ -60,6 +64,7 @@ def train_mlm(
     checkpoint_path: Path | None = None,
     extra: dict | None = None,
     progress: bool = True,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> tuple[list[EpochStats], MLM]:
     """MLM on the token shards; returns the history and the trained method."""
     ids = load_token_shards(prepared_unlabeled)
@@ -71,5 +76,5 @@ def train_mlm(
         warmup_epochs=settings.warmup_epochs, optimizer="adamw", seed=settings.seed,
     )  # fmt: skip
     return train_method(
-        method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra
+        method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra, should_stop=should_stop
     ), method  # extra: the run to resume in
