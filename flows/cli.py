@@ -436,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         "mlflow.store.db.utils",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each retry of a bounded MLflow request is a warning; a server that stays away is one line of ours.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -30,7 +30,7 @@ from tasks.core.config import PipelineConfig, PretrainConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared
 from tasks.image.prepared import open_unlabeled
-from tasks.registry.tracking import ServerWatch, Tracker, tracking_uri
+from tasks.registry.tracking import ServerWatch, Tracker, log_epoch, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +92,22 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
     device = torch.device(p.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # launch gave each process its own GPU
+    # A tracking server that goes away stops training within seconds, with a checkpoint to resume
+    # from. One process only: with several, rank 0 could not save alone (the save is a collective).
+    watch = ServerWatch(tracking_uri(job.root))
     on_epoch_end = None
     if rank == 0:
         # A Tracker on the stage's run by id: it works from a spawned process as from this one.
         tracker = Tracker(job.root, job.experiment, run_id=job.run_id)
 
         def on_epoch_end(stats: EpochStats) -> None:
-            tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+            log_epoch(tracker, watch, stats)
             log.info("epoch %d/%d: loss %.4f, %.0f img/s", stats.epoch, p.epochs, stats.loss, stats.images_per_s)
 
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0
     extra = {"run_id": job.run_id}
-    # A tracking server that goes away stops training within seconds, with a checkpoint to resume
-    # from. One process only: with several, rank 0 could not save alone (the save is a collective).
-    with ServerWatch(tracking_uri(job.root)) as watch:
+    with watch:
         history = train_method(
             method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size,
             should_stop=watch.lost if world_size == 1 else None,

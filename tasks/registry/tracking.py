@@ -387,10 +387,10 @@ class ServerWatch:
     checkpoint and stops. A store that is not a server (sqlite, a database URI) is not watched.
     """
 
-    def __init__(self, uri: str, interval_s: float = HEARTBEAT_S, misses: int = HEARTBEAT_MISSES, timeout_s: float = HEARTBEAT_TIMEOUT_S):
+    def __init__(self, uri: str):
         import threading
 
-        self.uri, self.interval_s, self.misses, self.timeout_s = uri, interval_s, misses, timeout_s
+        self.uri, self.interval_s, self.misses, self.timeout_s = uri, HEARTBEAT_S, HEARTBEAT_MISSES, HEARTBEAT_TIMEOUT_S
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="mlflow-heartbeat", daemon=True)
@@ -401,6 +401,16 @@ class ServerWatch:
 
     def lost(self) -> str | None:
         return self._lost
+
+    def confirm(self, err: Exception) -> str | None:
+        """After a failed call to the server: a line naming it if it does not answer now either
+        (the call failed because the server is gone), else None (some other fault)."""
+        if not self.watched:
+            return None
+        problem = self._lost or self._problem()
+        if problem is None:
+            return None
+        return problem if self._lost else f"MLflow tracking server {self.uri} stopped answering ({problem})"
 
     def _problem(self) -> str | None:
         import httpx
@@ -433,3 +443,19 @@ class ServerWatch:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.timeout_s + 1)
+
+
+def log_epoch(tracker: Tracker, watch: ServerWatch, stats) -> None:
+    """An epoch's ``EpochStats`` as ``pretrain/*`` metrics into the run. A server that went away before the heartbeat noticed
+    stops training here instead, in the same words (the epoch's checkpoint is already written)."""
+    from ssl_models.training import TrainingStopped
+
+    try:
+        tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+    except Exception as err:
+        lost = watch.confirm(err)
+        if lost is None:
+            raise
+        raise TrainingStopped(
+            f"{lost}; stopped training after epoch {stats.epoch}, checkpoint saved: run the same command again to resume"
+        ) from err

@@ -15,7 +15,7 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, file_sha256
-from tasks.registry.tracking import ServerWatch, tracking_uri
+from tasks.registry.tracking import ServerWatch, log_epoch, tracking_uri
 from tasks.text.model import build_mlm
 from tasks.text.tokens import (
     load_token_shards,
@@ -43,12 +43,14 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     p, tracker = ctx.cfg.pretrain, ctx.tracker
     settings = ctx.cfg.text.settings(p.seed, p.method_params)
 
+    watch = ServerWatch(tracking_uri(tracker.root))  # a tracking server that goes away stops training (see the image part)
+
     def on_epoch_end(stats: EpochStats) -> None:
-        tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+        log_epoch(tracker, watch, stats)
         log.info("epoch %d/%d: loss %.4f, %.0f docs/s", stats.epoch, settings.epochs, stats.loss, stats.images_per_s)
 
     extra = {"run_id": run_id, "data_version": prepared.data_version}
-    with ServerWatch(tracking_uri(tracker.root)) as watch:  # a tracking server that goes away stops training (see the image part)
+    with watch:
         history, method = train_mlm(
             Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress, watch.lost
         )

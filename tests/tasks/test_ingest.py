@@ -146,7 +146,7 @@ def test_a_file_that_grew_after_validation_is_refused_by_name(tmp_path, tiny_dat
     with Image.open(grown) as image:
         image.resize((160, 160)).save(grown, quality=100)  # still a good JPEG: decoding alone would not notice
     with pytest.raises(
-        SourceError, match=rf"1 file\(s\) changed since validation: {grown.name} \(\d+ KB -> \d+ KB\); run `sslpipe validate`"
+        SourceError, match=rf"1 file\(s\) changed since validation: {grown.name} \(\d+ (bytes|KB) -> \d+ KB\); run `sslpipe validate`"
     ):
         ingest_unlabeled(pool, table, tmp_path / "out", 32)
 
