@@ -24,8 +24,7 @@ from PIL import Image
 
 from tasks.core.config import ValidateConfig
 from tasks.image.imaging import MODE_CONVERSIONS, READ_FAULTS
-from tasks.image.prepared import MIN_PER_CLASS
-from tasks.image.sources import open_source, scan_images
+from tasks.image.sources import MIN_PER_CLASS, open_source, scan_images
 from tasks.image.table import TableCache, build_table
 from tasks.validation.source_check import Checks, Unit, mark_fault
 

@@ -22,9 +22,7 @@ from PIL import Image
 
 from tasks.image.imaging import hash_file, to_rgb
 from tasks.image.shards import ShardReader, ShardWriter
-from tasks.image.sources import SourceError, list_images, open_source
-
-MIN_PER_CLASS = 2  # a class needs an image in train and one in test: the probe learns it and is scored on it
+from tasks.image.sources import MIN_PER_CLASS, SourceError, list_images, open_source
 
 
 def load_rgb(path: Path, size: int) -> np.ndarray:

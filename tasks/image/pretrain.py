@@ -30,7 +30,8 @@ from tasks.core.config import PipelineConfig, PretrainConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared
 from tasks.image.prepared import open_unlabeled
-from tasks.registry.tracking import ServerWatch, Tracker, log_epoch, tracking_uri
+from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.tracking import Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 

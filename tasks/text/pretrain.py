@@ -15,7 +15,8 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, file_sha256
-from tasks.registry.tracking import ServerWatch, log_epoch, tracking_uri
+from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.tracking import tracking_uri
 from tasks.text.model import build_mlm
 from tasks.text.tokens import (
     load_token_shards,

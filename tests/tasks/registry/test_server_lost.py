@@ -17,7 +17,7 @@ from ssl_models.training import TrainingStopped
 from tasks.core.config import PipelineConfig
 from tasks.image.pretrain import TrainJob, _train
 from tasks.image.shards import write_shards
-from tasks.registry import tracking
+from tasks.registry import heartbeat
 from tasks.registry.tracking import Tracker
 from tests.conftest import use_mlflow_store
 from tests.mlflow_server import free_port, start_server, stop_server
@@ -29,7 +29,7 @@ EPOCHS = 3
 def test_a_server_killed_mid_epoch_stops_training_with_a_checkpoint_and_the_rerun_resumes(tmp_path, monkeypatch):
     # A shorter heartbeat than the default 5 s x 2 (about 15 s), so that the kill lands mid-epoch
     # and is noticed by the heartbeat, not at the epoch's end.
-    monkeypatch.setattr(tracking, "HEARTBEAT_S", 1.0)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 1.0)
     for key, value in CLIENT_RETRY_ENV.items():  # what `sslpipe` sets: MLflow's own retries take minutes
         monkeypatch.setenv(key, value)
     store, port = tmp_path / "server", free_port()
