@@ -8,6 +8,8 @@ trained or registered.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -44,7 +46,19 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-@flow(name="ssl-finetune", log_prints=True)
+def flow_run_name() -> str:
+    """For the Prefect UI: ``fine-tune @champion on labeled.tar.gz, 10% of the labels``."""
+    parameters = flow_run.parameters or {}
+    try:
+        config = parameters.get("config")
+        cfg = config if isinstance(config, PipelineConfig) else load_config(Layout.at(parameters.get("root", ".")).root / "params.yaml")
+    except ValueError:  # a broken params.yaml: the flow run says so itself
+        return "ssl-finetune"
+    f = cfg.finetune
+    return f"fine-tune @{f.encoder_alias} on {Path(f.data).name}, {f.label_fraction:.0%} of the labels"
+
+
+@flow(name="ssl-finetune", flow_run_name=flow_run_name, log_prints=True)
 def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
     layout = Layout.at(root)

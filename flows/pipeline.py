@@ -39,7 +39,23 @@ from tasks.stages import PIPELINE, STAGES, Stage
 log = logging.getLogger("sslpipe")
 
 
-@flow(name="ssl-pipeline", log_prints=True)
+def flow_run_name() -> str:
+    """What a pipeline run trains, for the Prefect UI's list of runs: ``simclr on unlabeled.tar.gz, 12 epochs``."""
+    from pathlib import Path
+
+    parameters = flow_run.parameters or {}
+    try:
+        config = parameters.get("config")
+        cfg = config if isinstance(config, PipelineConfig) else load_config(Layout.at(parameters.get("root", ".")).root / "params.yaml")
+    except ValueError:  # a broken params.yaml: the flow run says so itself
+        return "ssl-pipeline"
+    from ssl_models.methods import is_text_method
+
+    epochs = cfg.text.epochs if is_text_method(cfg.pretrain.method) else cfg.pretrain.epochs
+    return f"{cfg.pretrain.method} on {Path(cfg.data.unlabeled).name}, {epochs} epochs"
+
+
+@flow(name="ssl-pipeline", flow_run_name=flow_run_name, log_prints=True)
 def ssl_pipeline(config: PipelineConfig | None = None, root: str = ".", force: bool = False, progress: bool = True):
     """Pretrain, evaluate and register an SSL encoder. ``config`` defaults to params.yaml;
     ``progress=False`` (``sslpipe run -q``) draws no progress bars."""

@@ -9,6 +9,12 @@ shape (B, 3, H, W).
 crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue) with
 probability ``jitter_p``, grayscale with probability ``grayscale_p`` and an optional
 Gaussian blur. Jitter is applied in a fixed order (torchvision shuffles it).
+
+Multi-crop (Caron et al., SwAV, 2020, https://arxiv.org/abs/2006.09882): besides the two
+global views, ``local_crops`` small crops per image (``local_size`` px, ``local_scale`` of
+the area) drawn by ``ViewPolicy.local_views`` with the same colour recipe. Small crops are
+cheap (a 96 px crop costs about a fifth of a 224 px one) and teach the encoder to match a
+part to the whole. Off (0) unless the method uses them.
 """
 
 from __future__ import annotations
@@ -147,6 +153,9 @@ class ViewPolicy:
     hue: float = 0.1
     grayscale_p: float = 0.2
     blur_p: float = 0.0
+    local_crops: int = 0  # small crops per image from local_views; 0: off
+    local_size: int = 16  # side of a local crop, px
+    local_scale: tuple[float, float] = (0.05, 0.4)  # area share of a local crop
 
     @property
     def is_random(self) -> bool:
@@ -154,12 +163,26 @@ class ViewPolicy:
         return self.crop_scale[0] < 1 or any(p > 0 for p in (self.flip_p, self.jitter_p, self.grayscale_p, self.blur_p))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        views = random_resized_crop(images, self.size, self.crop_scale, flip_p=self.flip_p)
+        """One global view per image: (B, 3, H, W) -> (B, 3, size, size)."""
+        return self._view(images, self.size, self.crop_scale)
+
+    def local_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``local_crops`` small views per image: a list of (B, 3, local_size, local_size); [] when off."""
+        return [self._view(images, self.local_size, self.local_scale) for _ in range(self.local_crops)]
+
+    def _view(self, images: torch.Tensor, size: int, scale: tuple[float, float]) -> torch.Tensor:
+        views = random_resized_crop(images, size, scale, flip_p=self.flip_p)
         views = color_jitter(views, self.brightness, self.contrast, self.saturation, self.hue, self.jitter_p)
         views = random_grayscale(views, self.grayscale_p)
         if self.blur_p > 0:
             views = gaussian_blur(views, p=self.blur_p)
         return views
+
+
+def local_crop_size(size: int) -> int:
+    """The side of a local crop for ``size`` px images: 3/7 of it as DINO's and SwAV's 96 px
+    at 224 (rounded to a multiple of 8 so ViT patch grids stay whole), at least 16 px."""
+    return max(16, 8 * round(size * 3 / 7 / 8))
 
 
 def recipe_for_size(size: int) -> ViewPolicy:
@@ -170,6 +193,9 @@ def recipe_for_size(size: int) -> ViewPolicy:
     probability 0.5. Below, the CIFAR recipe (the ``ViewPolicy`` defaults): crops down
     to 20%, jitter strength 0.5, no blur (blur hurts on 32 px images, the paper says).
     """
+    local = local_crop_size(size)
     if size >= 96:
-        return ViewPolicy(size=size, crop_scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5)
-    return ViewPolicy(size=size)
+        return ViewPolicy(
+            size=size, crop_scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5, local_size=local
+        )
+    return ViewPolicy(size=size, local_size=local)

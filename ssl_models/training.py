@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssl_models.compile_plan import AutoCompile
 from ssl_models.data import EpochSampler, ImageSource, PrefetchLoader, as_source
 from ssl_models.distributed import gather_objects, world, wrap_for_training
 from ssl_models.memory_format import training_memory_format
@@ -82,7 +83,7 @@ class TrainSettings:
     channels_last: bool = True  # used on CUDA only (ssl_models/memory_format.py)
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto = bf16 on CUDA, fp32 on the CPU
-    compile: bool = False  # torch.compile the method's modules (first steps slower: compilation)
+    compile: bool | str = "auto"  # torch.compile the method's modules; auto: when the run is long enough to pay (compile_plan)
     prefetch_batches: int = 2  # batches read ahead by the loader thread; 0 = read in the loop
     checkpoint_every_steps: int = 0  # 0: a checkpoint after every epoch only
 
@@ -318,14 +319,16 @@ def pretrain(
     # loaded, so that DDP's initial broadcast sends the resumed weights. One process: the
     # method's own training_step.
     training_step = wrap_for_training(run.method, run.device)
-    if settings.compile:
+    if settings.compile is True:
         compile_method(run.method)
+    elif settings.compile == "auto":
+        run.auto_compile = AutoCompile(run.total_steps, run.device.type)
     loader = PrefetchLoader(run.source, run.sampler, run.device, settings.prefetch_batches)
     with _deferred_interrupt() as interrupt:
         while run.sampler.epoch <= settings.epochs:
             stats = _train_epoch(run, training_step, loader, partial, interrupt, progress, should_stop)
             partial = None  # only the first epoch continues from a checkpoint's running sums
-            _end_epoch(run, stats, on_epoch_end, progress)
+            _end_epoch(run, stats, on_epoch_end)
     return run.history
 
 
@@ -351,6 +354,7 @@ class _Run:
     extra: dict[str, Any] | None
     step: int = 0
     history: list[EpochStats] = field(default_factory=list)
+    auto_compile: AutoCompile | None = None  # compile: auto, until it has decided
 
     @property
     def steps_per_epoch(self) -> int:
@@ -492,6 +496,7 @@ def _train_epoch(
     for batch in bar:
         loss, embeddings = _train_step(run, training_step, batch, epoch)
         sums.add(loss, embeddings, run.batch_size)
+        _maybe_compile(run)
         if progress:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         every = run.settings.checkpoint_every_steps
@@ -505,6 +510,19 @@ def _train_epoch(
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return _epoch_stats(run, epoch, sums)
+
+
+def _maybe_compile(run: _Run) -> None:
+    """``compile: auto``: once the first steps are timed, compile if the rest of the run pays for it."""
+    plan = run.auto_compile
+    if plan is None or not plan.step_done(run.step):
+        return
+    run.auto_compile = None
+    pays = gather_objects(plan.pays)[0]  # rank 0's decision, so that every rank does the same
+    if run.rank == 0:
+        log.info(plan.reason)
+    if pays:
+        compile_method(run.method)
 
 
 def _train_step(run: _Run, training_step: _StepFn, batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -572,17 +590,18 @@ def _epoch_stats(run: _Run, epoch: int, sums: _EpochSums) -> EpochStats:
     return stats
 
 
-def _end_epoch(run: _Run, stats: EpochStats, on_epoch_end: Callable[[EpochStats], None] | None, progress: bool) -> None:
+def _end_epoch(run: _Run, stats: EpochStats, on_epoch_end: Callable[[EpochStats], None] | None) -> None:
     """Record the epoch, move the sampler to the next one, write the checkpoint, report."""
     run.history.append(stats)
     run.sampler.set_epoch(stats.epoch + 1)
     _save(run, None)
     if on_epoch_end is not None:
         on_epoch_end(stats)
-    if progress:
-        tqdm.write(
-            f"epoch {stats.epoch}/{run.settings.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.4f}  "
-            f"{stats.images_per_s:.0f} img/s  emb-std {stats.embedding_std:.3f}  rank {stats.effective_rank:.1f}"
+    if run.rank == 0:  # the one line per epoch: the terminal (unless -q) and the Prefect run's logs
+        log.info(
+            "epoch %d/%d: loss %.4f, lr %.4f, %.0f %s/s, embedding std %.3f, effective rank %.1f",
+            *(stats.epoch, run.settings.epochs, stats.loss, stats.lr, stats.images_per_s, "img" if run.prepare_batch is None else "items"),
+            *(stats.embedding_std, stats.effective_rank),
         )
 
 

@@ -124,7 +124,12 @@ def evaluate(ctx: StageContext, prepared: Prepared, pretrained: Pretrained) -> E
     out = write_json(layout.metrics, metrics)
     curve_csv = write_rows(reports / "label_efficiency.csv", rows)
     plots = [
-        accuracy_bars({name: metrics[name] for name in scored_rows(metrics)}, reports / "evaluation.png"),
+        accuracy_bars(
+            {name: metrics[name] for name in scored_rows(metrics)},
+            reports / "evaluation.png",
+            chance=1 / len(labeled.classes),
+            supervised=metrics["supervised_scratch"]["test_acc"],
+        ),
         label_efficiency_plot(rows, reports / "label_efficiency.png"),
         embedding_picture(part, features["ssl"][1], labeled, cfg.evaluate, reports / "embeddings.png", cfg.pretrain.seed),
     ]

@@ -124,7 +124,7 @@ PIPELINE: tuple[Stage, ...] = (
         parts=parts("augment"),
         inputs=("ingest",),
         deps=("data/prepared/unlabeled",),
-        params=("augment", "data.image_size", "pretrain.seed", "pretrain.method_params", "text"),
+        params=("augment", "data.image_size", "pretrain.seed", "pretrain.method", "pretrain.method_params", "text"),
         outs=(Out("reports/augment_preview.png", cache=False),),
         result="Preview",
     ),

@@ -55,6 +55,16 @@ def default_backbone(name: str) -> str:
     return method_class(name).backbones[0]
 
 
+def default_local_crops(name: str) -> int:
+    """How many local crops (multi-crop) a method draws by default; 0 for methods without them."""
+    return getattr(method_class(name), "local_crops", 0)
+
+
+def uses_local_crops(name: str) -> bool:
+    """Whether a method takes local crops at all (it declares ``local_crops``, its default number)."""
+    return hasattr(method_class(name), "local_crops")
+
+
 def check_image_size(name: str, image_size: int, backbone: str = "auto", **hparams: Any) -> None:
     """Raise a ValueError naming the method and the size when ``name`` cannot train on
     ``image_size`` px images; run it before training. It builds a width-4 copy of the
@@ -87,6 +97,8 @@ __all__ = [
     "build_method",
     "check_image_size",
     "default_backbone",
+    "default_local_crops",
     "is_text_method",
     "method_class",
+    "uses_local_crops",
 ]

@@ -107,18 +107,39 @@ class AugmentConfig(Section):
     hue: Annotated[float, Field(ge=0, le=0.5)] | Auto = Field("auto", description="auto: 0.1 below 96 px, 0.2 from 96")
     grayscale_p: float = Field(_default(ViewPolicy, "grayscale_p"), ge=0, le=1)
     blur_p: Share | Auto = Field("auto", description="auto: 0 below 96 px (blur hurts CIFAR-sized images), 0.5 from 96")
+    local_crops: Annotated[int, Field(ge=0, le=16)] | Auto = Field(
+        "auto", description="multi-crop: small crops per image besides the two views; auto: the method's (0 = off for most)"
+    )
+    local_crop_size: Annotated[int, Field(ge=8, le=512)] | Auto = Field(
+        "auto", description="px; auto: 3/7 of data.image_size in multiples of 8, at least 16 (96 at 224, 16 at 32)"
+    )
+    local_crop_scale: tuple[Share, Share] = Field(_default(ViewPolicy, "local_scale"), description="area share of a local crop (min, max)")
     preview_images: int = Field(8, ge=1, le=64, description="images in reports/augment_preview.png")
 
-    def resolved(self, image_size: int) -> AugmentConfig:
-        """Every ``auto`` replaced by SimCLR's recipe for ``image_size`` (what MLflow records)."""
+    def resolved(self, image_size: int, method: str) -> AugmentConfig:
+        """Every ``auto`` replaced by SimCLR's recipe for ``image_size`` and the method's number of
+        local crops (what MLflow records)."""
+        from ssl_models.methods import default_local_crops  # only here: config must not import every method
+
         recipe = recipe_for_size(image_size)
-        recipe_values = {**dataclasses.asdict(recipe), "crop_scale_min": recipe.crop_scale[0]}
+        recipe_values = {
+            **dataclasses.asdict(recipe),
+            "crop_scale_min": recipe.crop_scale[0],
+            "local_crop_size": recipe.local_size,
+            "local_crops": default_local_crops(method),
+        }
         return self.model_copy(update={key: recipe_values[key] for key, value in self if value == "auto"})
 
-    def policy(self, image_size: int) -> ViewPolicy:
-        values = self.resolved(image_size)
-        fields = values.model_dump(exclude={"crop_scale_min", "preview_images"})
-        return ViewPolicy(size=image_size, crop_scale=(values.crop_scale_min, 1.0), **fields)
+    def policy(self, image_size: int, method: str) -> ViewPolicy:
+        values = self.resolved(image_size, method)
+        fields = values.model_dump(exclude={"crop_scale_min", "preview_images", "local_crop_size", "local_crop_scale"})
+        return ViewPolicy(
+            size=image_size,
+            crop_scale=(values.crop_scale_min, 1.0),
+            local_size=values.local_crop_size,
+            local_scale=values.local_crop_scale,
+            **fields,
+        )
 
 
 class PretrainConfig(Section):
@@ -141,7 +162,10 @@ class PretrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         _default(TrainSettings, "precision"), description="auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there)"
     )
-    compile: bool = Field(_default(TrainSettings, "compile"), description="torch.compile the model: faster steps after a slow first one")
+    compile: bool | Literal["auto"] = Field(
+        _default(TrainSettings, "compile"),
+        description="torch.compile the model (faster steps after minutes of compiling); auto: when the run is long enough to pay",
+    )
     checkpoint_every_steps: int = Field(
         _default(TrainSettings, "checkpoint_every_steps"), ge=0, description="0: a resume checkpoint after every epoch only"
     )
@@ -334,6 +358,22 @@ class PipelineConfig(Section):
     def register(self) -> RegisterConfig:  # type: ignore[override]
         return self.register_
 
+    @model_validator(mode="after")
+    def _local_crops_fit_the_method(self) -> PipelineConfig:
+        from ssl_models.methods import uses_local_crops
+
+        crops = self.augment.local_crops
+        if crops != "auto" and crops > 0 and not uses_local_crops(self.pretrain.method):
+            raise ValueError(
+                f"augment.local_crops={crops}: method {self.pretrain.method!r} does not use local crops "
+                "(dino, ibot, swav, simclr, byol and nnclr do; docs/methods.md); set it to 0 or auto"
+            )
+        return self
+
+    def views(self) -> ViewPolicy:
+        """The view policy pretraining draws from: the augment section at ``data.image_size``, for ``pretrain.method``."""
+        return self.augment.policy(self.data.image_size, self.pretrain.method)
+
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
@@ -341,7 +381,7 @@ class PipelineConfig(Section):
         """The config with no ``auto`` left: the values a run really uses."""
         return self.model_copy(
             update={
-                "augment": self.augment.resolved(self.data.image_size),
+                "augment": self.augment.resolved(self.data.image_size, self.pretrain.method),
                 "pretrain": self.pretrain.resolved(),
                 "finetune": self.finetune.resolved(),
             }
@@ -471,6 +511,9 @@ def _problems(err: ValidationError) -> str:
     problems = []
     for e in err.errors():
         loc = [str(part) for part in e["loc"]]
+        if not loc:  # a check across sections: its message names the keys
+            problems.append(e["msg"].removeprefix("Value error, "))
+            continue
         if loc[-1] == "literal['auto']":
             continue  # the other half of a number-or-auto union: said once below
         message = e["msg"].removeprefix("Value error, ")

@@ -191,9 +191,13 @@ class Book:
         """None when DVC says the stage is up to date, else why it must run."""
         if not self.enabled:
             return "no DVC project to say it is up to date"
+        if self._declared is None:
+            return f"no params.yaml in {self.root} for DVC to compare with (not recorded in dvc.lock)"
         overridden = self.overridden(stage)
         if overridden:
             return f"--set {', '.join(overridden)} differs from params.yaml (not recorded in dvc.lock)"
+        if not self._locked(stage):
+            return "first run on this root"
         try:
             status = self._repo(lambda repo: repo.status(targets=[self._target(stage)]))
         except Exception as err:  # noqa: BLE001 - any DVC fault: run the stage, which is never wrong
@@ -212,6 +216,16 @@ class Book:
             )
             return False
         return True
+
+    def _locked(self, stage: Stage) -> bool:
+        """Whether dvc.lock holds a record of ``stage`` (from an earlier run or ``dvc repro``)."""
+        import yaml
+
+        lock = self.root / "dvc.lock"
+        try:
+            return stage.name in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        except (OSError, yaml.YAMLError, AttributeError):  # no lock yet, or one DVC must judge itself
+            return lock.exists()
 
     def _target(self, stage: Stage) -> str:
         # DVC resolves a bare stage name against the current directory, not the repo it was given.

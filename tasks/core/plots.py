@@ -54,8 +54,16 @@ def training_curves(history: Sequence[dict], path: Path, title: str = "Pretraini
 ENCODER_NAMES = {"ssl": "SSL encoder", "random_init": "random init", "raw_pixels": "raw pixels"}
 
 
-def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path, title: str = "Frozen features: linear probe and kNN accuracy") -> Path:
-    """Linear-probe and kNN accuracy for each encoder, grouped bars."""
+def accuracy_bars(
+    metrics: dict[str, dict[str, float]],
+    path: Path,
+    title: str = "Frozen features: linear probe and kNN accuracy",
+    *,
+    chance: float | None = None,
+    supervised: float | None = None,
+) -> Path:
+    """Linear-probe and kNN accuracy for each encoder, grouped bars; dashed lines for chance
+    (1 / classes) and the supervised reference (the same architecture trained on every label)."""
     plt = _pyplot()
     names = [n for n in metrics if "linear_probe_acc" in metrics[n]]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
@@ -68,8 +76,11 @@ def accuracy_bars(metrics: dict[str, dict[str, float]], path: Path, title: str =
     ax.set_xlabel("encoder")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.08)  # room for the value labels above a bar near 1
+    for level, label, colour in ((supervised, "from scratch, all labels", "tab:green"), (chance, "chance", "tab:gray")):
+        if level is not None:
+            ax.axhline(level, linestyle="--", linewidth=1, color=colour, label=f"{label} ({level:.3f})")
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize=8)
     return _save(plt, fig, path)
 
 

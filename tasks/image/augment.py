@@ -38,5 +38,5 @@ def preview(ctx: StageContext, prepared: Prepared, path: Path) -> Path:
     cfg = ctx.cfg
     torch.manual_seed(cfg.pretrain.seed)
     images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
-    views = check_views(cfg.augment.policy(cfg.data.image_size), images)
+    views = check_views(cfg.views(), images)
     return augment_preview(images, views[: len(images)], views[len(images) :], path)

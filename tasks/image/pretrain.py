@@ -53,9 +53,7 @@ def describe(ctx: StageContext, prepared: Prepared) -> tuple[int, dict, str]:
 def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     """Train in ``pretrain.processes`` processes; rank 0's history and a writer of its encoder, None on the other ranks."""
     p, size, tracker = ctx.cfg.pretrain, ctx.cfg.data.image_size, ctx.tracker
-    job = TrainJob(
-        p, size, ctx.cfg.augment.policy(size), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id
-    )
+    job = TrainJob(p, size, ctx.cfg.views(), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
     trained = launch(_train, p.processes, job, expected=(TrainingDiverged, TrainingStopped), device=p.device)[0]
     if not is_main():
@@ -103,7 +101,6 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
 
         def on_epoch_end(stats: EpochStats) -> None:
             log_epoch(tracker, watch, stats)
-            log.info("epoch %d/%d: loss %.4f, %.0f img/s", stats.epoch, p.epochs, stats.loss, stats.images_per_s)
 
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0

@@ -179,11 +179,11 @@ class Decision:
             "gate/decision": "promoted" if self.promoted else "rejected",
             "gate/reason": self.reason,
             "gate/challenger_version": str(self.challenger_version),
-            "gate/challenger_probe_acc": repr(self.challenger_acc),
+            "gate/challenger_probe_acc": f"{self.challenger_acc:.4f}",
             "gate/champion_version": "" if self.champion_version is None else str(self.champion_version),
-            "gate/champion_probe_acc": "" if self.champion_acc is None else repr(self.champion_acc),
+            "gate/champion_probe_acc": "" if self.champion_acc is None else f"{self.champion_acc:.4f}",
             "gate/champion_reevaluated": str(self.champion_reevaluated).lower(),
-            "gate/min_improvement": repr(self.min_improvement),
+            "gate/min_improvement": f"{self.min_improvement:.4f}",
         }
 
     def metrics(self) -> dict[str, float]:

@@ -48,7 +48,6 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
 
     def on_epoch_end(stats: EpochStats) -> None:
         log_epoch(tracker, watch, stats)
-        log.info("epoch %d/%d: loss %.4f, %.0f docs/s", stats.epoch, settings.epochs, stats.loss, stats.images_per_s)
 
     extra = {"run_id": run_id, "data_version": prepared.data_version}
     with watch:

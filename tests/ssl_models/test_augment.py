@@ -87,3 +87,20 @@ def test_blur_keeps_constant_images_and_smooths_noise(images):
 def test_identity_policy_reports_not_random():
     assert not ViewPolicy(crop_scale=(1.0, 1.0), flip_p=0, jitter_p=0, grayscale_p=0).is_random
     assert ViewPolicy().is_random
+
+
+def test_local_views_are_small_crops_drawn_per_image_and_off_by_default():
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert ViewPolicy().local_views(images) == []
+    policy = ViewPolicy(local_crops=3, local_size=16)
+    crops = policy.local_views(images)
+    assert len(crops) == 3 and all(c.shape == (4, 3, 16, 16) for c in crops)
+    assert not torch.allclose(crops[0], crops[1])  # each crop draws its own parameters
+    assert min(c.min() for c in crops) >= 0 and max(c.max() for c in crops) <= 1
+
+
+def test_local_crop_size_follows_the_image_size():
+    from ssl_models.augment import local_crop_size, recipe_for_size
+
+    assert [local_crop_size(s) for s in (32, 64, 96, 224)] == [16, 24, 40, 96]
+    assert recipe_for_size(224).local_size == 96 and recipe_for_size(32).local_size == 16

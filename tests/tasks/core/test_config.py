@@ -20,9 +20,9 @@ def test_overrides_are_typed_and_nested(tmp_path):
 def test_view_recipe_follows_the_image_size_unless_set():
     from ssl_models.augment import recipe_for_size
 
-    assert PipelineConfig().augment.policy(224) == recipe_for_size(224)  # ImageNet recipe: blur on
+    assert PipelineConfig().augment.policy(224, "simclr") == recipe_for_size(224)  # ImageNet recipe: blur on
     cfg = load_config(None, ["data.image_size=224", "augment.blur_p=0.1"])
-    assert cfg.augment.policy(224).blur_p == 0.1 and cfg.augment.policy(224).crop_scale == (0.08, 1.0)
+    assert cfg.augment.policy(224, "simclr").blur_p == 0.1 and cfg.augment.policy(224, "simclr").crop_scale == (0.08, 1.0)
     assert cfg.resolved().augment.brightness == 0.8  # MLflow records the value used, not "auto"
     with pytest.raises(ConfigError, match=r"augment.blur_p: Input should be less than or equal to 1 \(or 'auto'\)"):
         load_config(None, ["augment.blur_p=2"])
@@ -72,7 +72,7 @@ def test_defaults_come_from_the_science_dataclasses():
 
     cfg = PipelineConfig()
     assert cfg.pretrain.epochs == TrainSettings().epochs and cfg.pretrain.batch_size == TrainSettings().batch_size
-    assert cfg.augment.policy(32) == ViewPolicy(size=32)
+    assert cfg.augment.policy(32, "simclr") == ViewPolicy(size=32)
     assert cfg.finetune.settings(FinetuneSettings()) == FinetuneSettings()
 
 
@@ -111,6 +111,8 @@ def test_method_and_its_hyperparameters_are_checked_at_load(override, fragment):
 def test_resolved_config_has_no_auto():
     for method in ("simclr", "mae", "vicreg"):
         flat = load_config(None, [f"pretrain.method={method}"]).resolved().flat()
+        # compile: auto is decided during the run, from the measured step time (ssl_models/compile_plan.py), and logged
+        assert flat.pop("pretrain.compile") == "auto"
         assert "auto" not in flat.values(), method
     mae = load_config(None, ["pretrain.method=mae"]).resolved().pretrain
     assert (mae.backbone, mae.optimizer, mae.lr) == ("vit_tiny", "adamw", 1.5e-3)
@@ -165,3 +167,12 @@ def test_the_method_must_match_the_modality_of_the_data():
     settings = cfg.text.settings(cfg.pretrain.seed, cfg.pretrain.method_params)
     assert (settings.dim, settings.mask_prob, settings.whole_word, settings.method_params) == (32, 0.2, True, {})
     assert cfg.resolved().pretrain.backbone == "text_transformer"
+
+
+def test_local_crops_default_to_the_methods_and_are_refused_where_unused():
+    cfg = load_config(None, ["data.image_size=224"])
+    views = cfg.views()
+    assert views.local_crops == 0 and views.local_size == 96  # simclr draws none unless asked
+    assert cfg.resolved().augment.local_crops == 0 and cfg.resolved().augment.local_crop_size == 96
+    with pytest.raises(ConfigError, match="method 'rotation' does not use local crops"):
+        load_config(None, ["pretrain.method=rotation", "augment.local_crops=2"])

@@ -26,7 +26,7 @@ def test_a_stage_is_up_to_date_exactly_when_dvc_lock_says_so(tmp_path):
     stage = STAGES["augment"]
     book = Book(root, cfg)
     assert (root / ".dvc").is_dir() and yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["augment"]["cmd"] == "sslpipe augment -q"
-    assert book.stale_reason(stage) is not None  # never recorded
+    assert book.stale_reason(stage) == "first run on this root"  # never recorded
     assert book.record(stage)
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["augment"]
     assert lock["params"]["params.yaml"]["augment"]["flip_p"] == 0.5
@@ -43,6 +43,15 @@ def test_a_stage_is_up_to_date_exactly_when_dvc_lock_says_so(tmp_path):
     assert book.record(stage) and book.stale_reason(stage) is None
     preview.unlink()
     assert "reports/augment_preview.png" in book.stale_reason(stage)
+
+
+def test_a_root_without_params_yaml_says_so(tmp_path):
+    book = Book(tmp_path, load_config(None))
+    assert (
+        book.stale_reason(STAGES["validate"])
+        == f"no params.yaml in {tmp_path.resolve()} for DVC to compare with (not recorded in dvc.lock)"
+    )
+    assert book.record(STAGES["validate"]) is False
 
 
 def test_status_reads_as_a_short_reason():

@@ -4,6 +4,7 @@ view), also one created before the mark; run names are readable and unique."""
 from datetime import UTC, datetime
 
 import mlflow
+import numpy as np
 
 from tasks.registry.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_name, ui_url, use_store
 
@@ -43,3 +44,21 @@ def test_ui_links_point_at_the_server_or_the_local_ui(monkeypatch):
     monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5055")
     assert ui_base("sqlite:////tmp/mlflow.db") == "http://127.0.0.1:5055"
     assert model_version_url("http://h:1/", "ssl-encoder", 3) == "http://h:1/#/models/ssl-encoder/versions/3?workflowType=machine_learning"
+
+
+def test_runs_fill_the_source_column_and_read_rounded_numbers(tmp_path, mlflow_store):
+    import subprocess
+
+    from tasks.registry.tracking import Tracker
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(
+        ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True
+    )
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    tracker = Tracker(tmp_path, "sources")
+    tracker.log_metrics({"acc": float(np.float32(0.32))})
+    tracker.set_tags({"probe": 0.41600000858306885})
+    run = mlflow.get_run(tracker.run_id)
+    assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["mlflow.source.name"]
+    assert run.data.metrics["acc"] == 0.32 and run.data.tags["probe"] == "0.416"  # not 0.3199999928474426
