@@ -39,7 +39,7 @@ def test_a_server_killed_mid_epoch_stops_training_with_a_checkpoint_and_the_reru
     try:
         use_mlflow_store(monkeypatch, url)
         rng = np.random.default_rng(0)
-        write_shards(tmp_path / "shards", iter(rng.integers(0, 256, (384, 32, 32, 3), dtype=np.uint8)), image_size=32, count=384)
+        write_shards(tmp_path / "shards", iter(rng.integers(0, 256, (192, 32, 32, 3), dtype=np.uint8)), image_size=32, count=192)
         run_id = Tracker(tmp_path, "server-lost").run_id
         cfg = PipelineConfig.model_validate(
             {"pretrain": {"epochs": EPOCHS, "width": 4, "batch_size": 32, "warmup_epochs": 0, "device": "cpu"}}
