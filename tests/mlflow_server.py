@@ -30,14 +30,18 @@ def start_server(root: Path, port: int, workers: int = 2, timeout: float = 180) 
     log = root / "server.log"
     server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while True:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            assert time.monotonic() < deadline, f"mlflow server did not answer /health in {timeout:.0f} s"
-            time.sleep(0.5)
+    try:
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return server
+            except OSError:
+                assert time.monotonic() < deadline, f"mlflow server did not answer /health in {timeout:.0f} s"
+                time.sleep(0.5)
+    except BaseException:
+        stop_server(server)  # never left running behind a failed start
+        raise
 
 
 def stop_server(server: subprocess.Popen, signum: int = 15) -> None:

@@ -34,7 +34,7 @@ def test_a_server_killed_mid_epoch_stops_training_with_a_checkpoint_and_the_reru
         monkeypatch.setenv(key, value)
     store, port = tmp_path / "server", free_port()
     store.mkdir()
-    server = start_server(store, port, workers=1)
+    servers = [start_server(store, port, workers=1)]  # every one started is stopped at the end, whatever fails
     url = f"http://127.0.0.1:{port}"
     try:
         use_mlflow_store(monkeypatch, url)
@@ -53,7 +53,7 @@ def test_a_server_killed_mid_epoch_stops_training_with_a_checkpoint_and_the_reru
         def kill_during_epoch_2() -> None:
             while not MlflowClient(url).get_metric_history(run_id, "pretrain/loss"):  # epoch 1 is over and logged
                 time.sleep(0.2)
-            stop_server(server, 9)
+            stop_server(servers[0], 9)
             killed["at"] = time.monotonic()
 
         killer = threading.Thread(target=kill_during_epoch_2, daemon=True)
@@ -68,10 +68,11 @@ def test_a_server_killed_mid_epoch_stops_training_with_a_checkpoint_and_the_reru
         assert job.checkpoint.exists()
         print(f"stopped {took:.1f} s after the kill: {message}")
 
-        server = start_server(store, port, workers=1)  # the same store, back
+        servers.append(start_server(store, port, workers=1))  # the same store, back
         history, _ = _train(0, 1, job)
         assert [s.epoch for s in history] == list(range(1, EPOCHS + 1))
         logged = MlflowClient(url).get_metric_history(run_id, "pretrain/loss")
         assert sorted(m.step for m in logged) == list(range(1, EPOCHS + 1))  # every epoch once, in the same run
     finally:
-        stop_server(server)
+        for server in servers:
+            stop_server(server)
