@@ -243,7 +243,7 @@ def read_checkpoint(path: str | Path | None, map_location: str | torch.device = 
     except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, it cannot be resumed from
         aside = path.with_name(path.name + CORRUPT_SUFFIX)
         os.replace(path, aside)
-        problem = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        problem = " ".join(f"{type(err).__name__}: {err}".split())[:100]
         log.warning("checkpoint %s cannot be read (%s); set aside as %s, training starts afresh", path, problem, aside)
         return None
 
