@@ -19,7 +19,7 @@ def test_a_full_disk_at_ingest_is_one_line_naming_the_file_system_and_leaves_not
         shutil.copytree(src, root / "input" / name)
     write_params(root, root / "input" / "unlabeled", root / "input" / "labeled")
     # 200 images at 224 px are ~30 MB of pixels: more than the tmpfs has left once the stores are made
-    out = sslpipe(root, "run", "-q", "--set", "data.image_size=224", MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    out = sslpipe(root, "run", "-q", "--set", "data.image_size=224", timeout=600, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr[-3000:]
     assert len(lines) == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
