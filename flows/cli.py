@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from tasks.core.disk import is_no_space, no_space_message
 from tasks.stages import PIPELINE
 
 
@@ -187,8 +188,16 @@ def _check_sources(cfg, root: str, keys=("data.unlabeled", "data.labeled")) -> N
 
 
 def _result_of(state, what: str):
-    """A finished flow's result; a Failed state (its message names the fault) becomes an ExpectedError."""
+    """A finished flow's result. A flow that raised raises the same exception here (the CLI
+    then tells an expected fault from a bug by its type); one that returned a Failed state
+    (bad data: its message is the validation's summary) becomes an ExpectedError."""
     if state.is_failed():
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception as err:  # noqa: BLE001 - a result that cannot be read back: the message is all there is
+            data = err
+        if isinstance(data, BaseException) and not type(data).__module__.startswith("prefect"):
+            raise data
         raise ExpectedError(state.message or f"{what} failed; see the log above")
     return state.result()
 
@@ -362,6 +371,8 @@ EXPECTED = (
     "ssl_models.training:TrainingDiverged",
     "ssl_models.export:ExportMismatch",
     "tasks.image.init:InitError",
+    "ssl_models.training:TrainingStopped",
+    "ssl_models.training:CheckpointMismatch",
 )
 
 
@@ -396,7 +407,7 @@ def _torchrun_worker() -> bool:
 def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) -> None:
     """Under the root's lock: clean what a killed run left, check the servers, and for a
     flow without PREFECT_API_URL start a temporary Prefect server (stopped by ``stack``)."""
-    from flows import preflight
+    from flows import fault_log, preflight
     from flows.prefect_server import temporary_server
     from tasks.core.atomic import clean_staging
     from tasks.core.root_lock import hold_root
@@ -419,6 +430,8 @@ def _prepare_root(args: argparse.Namespace, stack: contextlib.ExitStack, guard) 
             f"sslpipe {args.command}: marked {len(ended)} MLflow run(s) of a process that is gone as KILLED: {', '.join(ended)}",
             file=sys.stderr,
         )
+    with contextlib.suppress(OSError):  # a root that cannot take a log file (a full disk) still runs
+        fault_log.open_log_file(root, args.command)
     if args.command in FLOWS:
         if os.environ.get("PREFECT_API_URL"):
             preflight.check_prefect(os.environ["PREFECT_API_URL"])
@@ -457,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         "mlflow.store.db.utils",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each retry of a bounded MLflow request is a warning; a server that stays away is one line of ours.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     # Telemetry calls hang or fail without a network; opt out unless the user opted in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -470,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, guard) -> int:
-    from flows import preflight
+    from flows import fault_log, preflight
     from flows.prefect_server import ServerStartError
     from tasks.core.root_lock import RootBusy
 
@@ -479,6 +494,8 @@ def _main(args: argparse.Namespace, guard) -> int:
             try:
                 if args.command in LOCKED and not _torchrun_worker():
                     _prepare_root(args, stack, guard)
+                # Prefect's own tracebacks of an expected fault stay out of the terminal (the log file has them)
+                fault_log.quiet_terminal(_is_expected)
                 return COMMANDS.get(args.command, run_stage)(args)
             except BaseException as err:
                 if _is_interrupt(err):
@@ -488,14 +505,13 @@ def _main(args: argparse.Namespace, guard) -> int:
                     args.ended_runs = _end_interrupted_runs()
                 raise
     except (*_expected_errors(), RootBusy, ServerStartError, preflight.ServiceUnavailable) as err:
-        print(f"sslpipe {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fault(args, err, str(err))
     except Exception as err:
-        message = preflight.infrastructure_message(err)
+        message = no_space_message(err) if is_no_space(err) else preflight.infrastructure_message(err)
         if message is None:
+            fault_log.write_traceback(err, f"sslpipe {args.command}: unexpected error")
             raise
-        print(f"sslpipe {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _fault(args, err, message)
     except BaseException as err:
         if not _is_interrupt(err):
             raise
@@ -505,6 +521,27 @@ def _main(args: argparse.Namespace, guard) -> int:
         # shutting down against a server that is gone (seconds of retries). Skip it.
         sys.stdout.flush()
         os._exit(guard.exit_code())
+
+
+def _is_expected(err: BaseException) -> bool:
+    """A fault the CLI reports in one line (its type, a full disk, a server or store that failed)."""
+    from flows import preflight
+
+    if isinstance(err, (*_expected_errors(), preflight.ServiceUnavailable)) or is_no_space(err):
+        return True
+    return isinstance(err, Exception) and preflight.infrastructure_message(err) is not None
+
+
+def _fault(args: argparse.Namespace, err: BaseException, message: str) -> int:
+    """The one line of an expected fault: the stage, what happened, where the traceback is; exit 2."""
+    from flows import fault_log
+
+    fault_log.write_traceback(err, f"sslpipe {args.command}: {message}")
+    stage = fault_log.stage_of(err)
+    prefix = f"{stage}: " if stage and stage != args.command else ""
+    root = Path(args.root).resolve() if getattr(args, "root", None) else None
+    print(f"sslpipe {args.command}: error: {prefix}{message}{fault_log.where_logged(root)}", file=sys.stderr)
+    return 2
 
 
 def _end_interrupted_runs() -> list[str]:

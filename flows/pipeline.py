@@ -24,8 +24,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.fault_log import note_stage
 from flows.run_logs import run_logs_to_prefect
-from flows.stage_runner import pipeline_tracker, stage_context, tracker_for
+from flows.stage_runner import end_quietly, pipeline_tracker, stage_context, tracker_for
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.freshness import Book
 from tasks.core.layout import Layout
@@ -88,6 +89,7 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, pr
     results: dict[str, object] = {}
     ran: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    stage = None
     try:
         for stage in PIPELINE:
             reason = "--force" if force else book.stale_reason(stage)
@@ -112,7 +114,9 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, pr
                     return Failed(message="\n".join(result.summaries))
             book.record(stage)
     except BaseException as err:
-        own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if stage is not None:
+            note_stage(err, stage.name)  # the CLI's line names it
+        end_quietly(own, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     own.end()
     registered, evaluation = results["register"], results["evaluate"]

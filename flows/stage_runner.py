@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from flows.fault_log import note_stage
 from ssl_models.distributed import is_main
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
@@ -43,6 +44,15 @@ def stage_context(stage: Stage, layout: Layout, cfg: PipelineConfig, tracker: Tr
     )
 
 
+def end_quietly(tracker: Tracker, status: str) -> None:
+    """End ``tracker``'s run on the way out of a failure; a store that is gone too (the tracking
+    server that died is often the failure) must not replace the fault being raised."""
+    try:
+        tracker.end(status)
+    except Exception as err:  # noqa: BLE001 - the fault on its way up is the news; this goes to the log
+        log.info("could not mark the MLflow run %s: %s", status, " ".join(str(err).split())[:300])
+
+
 def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = True, given: PipelineConfig | None = None):
     """One stage as its own process would run it: inputs from disk, its own (or its model's) run.
 
@@ -56,7 +66,8 @@ def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = T
     try:
         result = stage.load()(stage_context(stage, layout, cfg, tracker, progress), *inputs.values())
     except BaseException as err:
-        own.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        note_stage(err, name)
+        end_quietly(own, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     own.end()
     if getattr(result, "success", True) and is_main() and "DVC_STAGE" not in os.environ:  # under torchrun, rank 0 alone records it

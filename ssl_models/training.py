@@ -17,14 +17,27 @@ scheduler, every RNG state, the sampler's (epoch, position), the step, the histo
 far and the caller's ``extra`` dict. Calling :func:`pretrain` again with the same
 settings continues from it; on the CPU the result is bit-identical to an uninterrupted
 run. A checkpoint from different settings is refused (:class:`CheckpointMismatch`).
+
+A checkpoint that cannot be read at all (truncated by a full disk or a cut copy, another
+format) is not fatal: it is renamed beside itself to ``<name>.corrupt`` with a warning that
+says so, and training starts afresh. A checkpoint is written under a temporary name, flushed
+to disk and then renamed over the old one, so a crash while writing leaves the previous one.
+Before writing, the free space is checked against the size of the last checkpoint: a disk
+that cannot hold it is an ``OSError`` (ENOSPC) naming the file, raised before anything is written.
+
+``should_stop``: a callable the loop asks between steps (e.g. "is the tracking server still
+there?"); when it returns a reason, a checkpoint is saved and :class:`TrainingStopped` raised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
+import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -52,6 +65,10 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointMismatch(ValueError):
     """The checkpoint to resume from was written by a run with other settings."""
+
+
+class TrainingStopped(RuntimeError):
+    """``should_stop`` gave a reason to stop; a checkpoint was saved, the message says where."""
 
 
 @dataclass(frozen=True)
@@ -200,16 +217,43 @@ def _fingerprint(settings: TrainSettings, method: SSLMethod, num_images: int, wo
     return {**fields, "method": type(method).__name__, "images": num_images, "world_size": world_size}
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A training checkpoint as written by :func:`pretrain` (no pickle: ``weights_only``)."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def read_checkpoint(path: str | Path | None, map_location: str | torch.device = "cpu") -> dict | None:
+    """The checkpoint at ``path``, or None when there is none to resume from.
+
+    One that cannot be read (truncated, not a checkpoint, a format this version cannot load)
+    is renamed to ``<path>.corrupt`` (an earlier one of that name is replaced) with a warning,
+    and None is returned: the caller starts afresh, and the next run is not blocked by it.
+    """
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    try:
+        state = load_checkpoint(path, map_location)
+        if not isinstance(state, dict) or "format" not in state:
+            raise ValueError("not a training checkpoint of this pipeline")
+        return state
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, it cannot be resumed from
+        aside = path.with_name(path.name + CORRUPT_SUFFIX)
+        os.replace(path, aside)
+        problem = " ".join(f"{type(err).__name__}: {err}".split())[:100]
+        log.warning("checkpoint %s cannot be read (%s); set aside as %s, training starts afresh", path, problem, aside)
+        return None
+
+
 def checkpoint_extra(path: str | Path) -> dict | None:
     """The caller's ``extra`` dict of the checkpoint at ``path`` (e.g. the MLflow run id to
-    continue), or None when there is no checkpoint to resume from."""
-    path = Path(path)
-    return load_checkpoint(path).get("extra", {}) if path.exists() else None
+    continue), or None when there is no checkpoint to resume from (an unreadable one is set
+    aside: :func:`read_checkpoint`)."""
+    state = read_checkpoint(path)
+    return None if state is None else state.get("extra", {})
 
 
 @contextlib.contextmanager
@@ -246,6 +290,7 @@ def pretrain(
     extra: dict[str, Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> list[EpochStats]:
     """Train ``method`` on ``images`` and return per-epoch stats (all epochs, resumed ones too).
 
@@ -256,6 +301,8 @@ def pretrain(
     :func:`checkpoint_extra`). ``rank`` / ``world_size``: this process's share of each
     global batch (see :class:`~ssl_models.data.EpochSampler`); they must be those of the
     process group this process is in (:func:`ssl_models.launch.launch` sets it up).
+    ``should_stop``: asked between steps; a reason it returns saves a checkpoint and raises
+    :class:`TrainingStopped` (one process: with several, the ranks would not stop together).
     ``settings.batch_size`` is the global batch: each rank takes ``batch_size // world_size``
     images a step, and the learning rate follows the global batch, so a recipe means the
     same on any number of processes. Every rank draws its own views (seed + rank); only
@@ -279,7 +326,7 @@ def pretrain(
     loader = PrefetchLoader(run.source, run.sampler, run.device, settings.prefetch_batches)
     with _deferred_interrupt() as interrupt:
         while run.sampler.epoch <= settings.epochs:
-            stats = _train_epoch(run, training_step, loader, partial, interrupt, progress)
+            stats = _train_epoch(run, training_step, loader, partial, interrupt, progress, should_stop)
             partial = None  # only the first epoch continues from a checkpoint's running sums
             _end_epoch(run, stats, on_epoch_end)
     return run.history
@@ -415,9 +462,9 @@ def _resume(run: _Run) -> dict | None:
     position, step, history and this rank's RNG state. Returns the running sums of the epoch
     to continue (None: no checkpoint, or one written at the end of an epoch)."""
     path = run.checkpoint_path
-    if path is None or not path.exists():
+    state = read_checkpoint(path, run.device)
+    if state is None:
         return None
-    state = load_checkpoint(path, run.device)
     _check_fingerprint(path, state.get("fingerprint"), run.fingerprint)
     run.method.load_state_dict(state["method"])  # type: ignore[attr-defined]
     run.optimizer.load_state_dict(state["optimizer"])
@@ -431,7 +478,13 @@ def _resume(run: _Run) -> dict | None:
 
 
 def _train_epoch(
-    run: _Run, training_step: _StepFn, loader: PrefetchLoader, partial: dict | None, interrupt: dict, progress: bool
+    run: _Run,
+    training_step: _StepFn,
+    loader: PrefetchLoader,
+    partial: dict | None,
+    interrupt: dict,
+    progress: bool,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> EpochStats:
     """The rest of the current epoch (all of it unless resumed mid-epoch) and its stats;
     the checkpoints every ``checkpoint_every_steps`` steps, and on Ctrl-C, included."""
@@ -451,6 +504,9 @@ def _train_epoch(
             _save(run, sums.state())
         if interrupt["requested"]:
             _stop_on_interrupt(run, sums, epoch)
+        reason = should_stop() if should_stop is not None else None
+        if reason:
+            _stop_for(run, sums, epoch, reason)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return _epoch_stats(run, epoch, sums)
@@ -505,6 +561,15 @@ def _stop_on_interrupt(run: _Run, sums: _EpochSums, epoch: int) -> NoReturn:
         raise KeyboardInterrupt(f"interrupted at {where}; run the same command again to resume from the last checkpoint in {last}")
     _save(run, sums.state())
     raise KeyboardInterrupt(f"interrupted at {where}; checkpoint saved to {run.checkpoint_path}: run the same command again to resume")
+
+
+def _stop_for(run: _Run, sums: _EpochSums, epoch: int, reason: str) -> NoReturn:
+    """``should_stop`` said ``reason``: save a checkpoint of the finished steps and stop."""
+    where = f"epoch {epoch}, step {run.sampler.position} of {run.steps_per_epoch}"
+    if run.checkpoint_path is None:
+        raise TrainingStopped(f"{reason}; stopped training at {where} (no checkpoint path, nothing saved)")
+    _save(run, sums.state())
+    raise TrainingStopped(f"{reason}; stopped training at {where}, checkpoint saved: run the same command again to resume")
 
 
 def _epoch_stats(run: _Run, epoch: int, sums: _EpochSums) -> EpochStats:
@@ -573,7 +638,40 @@ def _check_fingerprint(path: Path, saved: dict | None, current: dict) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` beside ``path``, flush it to disk, then rename it over ``path`` (atomic:
+    a crash mid-write leaves the previous checkpoint, never a broken one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a broken checkpoint
+    if path.exists():  # the new one is about as large as the last one, and is written beside it
+        check_free_space(path, path.stat().st_size)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as err:
+        # torch.save reports a full disk as "RuntimeError: ... file write failed", without the path
+        full = _is_disk_full(err) or (isinstance(err, RuntimeError) and shutil.disk_usage(path.parent).free < 2**20)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
+    tmp.replace(path)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` (and ``needed_bytes``, how much more it needs)
+    when the file system that would hold ``path`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        err = OSError(errno.ENOSPC, "No space left on device", str(path))
+        err.needed_bytes = needed - free  # type: ignore[attr-defined]
+        raise err
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

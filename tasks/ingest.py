@@ -11,6 +11,9 @@ modality's part (``ctx.part``, tasks/<modality>/ingest.py) writes its format:
 
     UNIT: str                                           "image" | "document": names the counts
     prepare(ctx, validated, unlabeled_dir, labeled_dir) -> {"unlabeled": n, "labeled_train": n, "labeled_test": n}
+
+A full disk is an ``OSError`` (ENOSPC) naming ``data/prepared``; a part whose output has a known
+size checks the free space first (tasks/core/disk.py), before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 
 from tasks.core.atomic import staged_dir, write_json
 from tasks.core.context import StageContext
+from tasks.core.disk import writing
 from tasks.core.lineage import dvc_hash
 from tasks.core.results import Prepared, Validated
 from tasks.image.sources import SourceError
@@ -30,7 +34,8 @@ def ingest(ctx: StageContext, validated: Validated) -> Prepared:
     layout, part = ctx.layout, ctx.part
     if not validated.success:
         raise SourceError("the data failed validation; nothing is ingested (see `sslpipe validate`):\n" + "\n".join(validated.summaries))
-    with staged_dir(layout.prepared) as staging:
+    # A full disk names data/prepared (the staging folder is removed, the previous version stays).
+    with writing(layout.prepared), staged_dir(layout.prepared) as staging:
         counts = part.prepare(ctx, validated, staging / "unlabeled", staging / "labeled")
         write_json(staging / "unlabeled" / "counts.json", {"unlabeled": counts["unlabeled"]})
         write_json(

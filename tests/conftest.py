@@ -240,3 +240,26 @@ def hub_offline(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A factory of real size-limited file systems: ``small_fs(4)`` mounts a 4 MB tmpfs under
+    ``tmp_path`` and returns its folder (unmounted after the test). Needs root (CI runs as root);
+    elsewhere the test is skipped, saying why."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(megabytes: int) -> Path:
+        folder = tmp_path / f"fs-{len(mounted)}"
+        folder.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)], capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a {megabytes} MB tmpfs here ({out.stderr.strip() or 'mount failed'}); needs root")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from PIL import Image
 
 from tasks.core.config import ValidateConfig
 from tasks.image.imaging import MODE_CONVERSIONS, READ_FAULTS
-from tasks.image.sources import open_source, scan_images
+from tasks.image.sources import MIN_PER_CLASS, open_source, scan_images
 from tasks.image.table import TableCache, build_table
 from tasks.validation.source_check import Checks, Unit, mark_fault
 
@@ -83,6 +84,7 @@ class ImageChecks(Checks):
     ):
         self.cfg, self.image_size, self.labeled = cfg, image_size, labeled
         self.downloads, self.cache_dir = downloads, cache_dir
+        self.class_folders: list[str] = []  # of a labeled source, found by describe
         self.resize = image_size is None or "resize" in cfg.convert
         self.modes = [mode for mode, conversion in MODE_CONVERSIONS.items() if conversion is None or conversion in cfg.convert]
         self.channels = sorted({Image.getmodebands(mode) for mode in self.modes})
@@ -96,6 +98,7 @@ class ImageChecks(Checks):
             log.info("%s: describing %d image files under %s", name, len(listing.files), source)
             cache = TableCache(self.cache_dir / f"{name}.parquet" if self.cache_dir else None, key, self.cfg.max_pixels)
             facts = build_table(root, listing, self.cfg.max_pixels, cache, self.cfg.workers)
+            self.class_folders = class_folders(root) if self.labeled else []
         return self.assign_faults(facts), listing.skipped
 
     def expectations(self, reference: dict | None) -> list:
@@ -190,22 +193,55 @@ class ImageChecks(Checks):
         return dict(Counter(step for steps in good["convert"].dropna() for step in steps.split("+")))
 
     def structure_problem(self, good):
-        return labeled_structure_problem(list(good["path"])) if self.labeled else None
+        return labeled_structure_problem(list(good["path"]), self.class_folders) if self.labeled else None
 
 
-def labeled_structure_problem(paths: list[str]) -> str | None:
+def class_folders(root: Path) -> list[str]:
+    """The class folders of a labeled root, relative to it: ``train/<class>`` and ``test/<class>``
+    when both halves exist, else ``<class>`` (hidden folders are not classes)."""
+    halves = [root / "train", root / "test"] if (root / "train").is_dir() and (root / "test").is_dir() else [root]
+    return sorted(
+        folder.relative_to(root).as_posix()
+        for half in halves
+        for folder in half.iterdir()
+        if folder.is_dir() and not folder.name.startswith(".")
+    )
+
+
+def labeled_structure_problem(paths: list[str], folders: Iterable[str] = ()) -> str | None:
     """What makes a labeled set unusable for evaluation, from its accepted files' relative
-    paths: fewer than two classes, or a train/test split with an empty side."""
+    paths and its class ``folders``: fewer than two classes, a train/test split with an empty
+    side, or a class the probe cannot both learn and be scored on.
+
+    The rule per class: with ``train/`` and ``test/`` given, at least one accepted image in
+    each of them; without (ingest makes the split), at least two (one for each side). An
+    empty class folder is named as such; it would otherwise be dropped without a word."""
     parts = [p.split("/") for p in paths]
     split = any(len(p) > 2 and p[0] in ("train", "test") for p in parts)
+    depth = 2 if split else 1  # a class folder: train/<class> or <class>
+    per_folder = Counter("/".join(p[:depth]) for p in parts if len(p) > depth)
+    empty = [f for f in folders if not per_folder[f]]
+    if empty:
+        return f"class folder(s) with no accepted images: {', '.join(empty[:5])}; add images or remove the folder"
     if split:
         classes = {side: {p[1] for p in parts if len(p) > 2 and p[0] == side} for side in ("train", "test")}
         empty = [side for side, found in classes.items() if not found]
         if empty:
             return f"the {' and '.join(empty)} split has no images"
         found = classes["train"] | classes["test"]
+        missing = [f"{side}/{name}" for side in ("train", "test") for name in sorted(found - classes[side])]
+        if missing:
+            listed = ", ".join(missing[:5])
+            return f"class(es) without accepted images in one half of the split: {listed} (each class needs one in train and one in test)"
     else:
         found = {p[0] for p in parts if len(p) > 1}
+        few = sorted(name for name in found if per_folder[name] < MIN_PER_CLASS)
+        if few:
+            listed = ", ".join(f"{name} ({per_folder[name]})" for name in few[:5])
+            return (
+                f"class(es) with fewer than {MIN_PER_CLASS} accepted images: {listed}; ingest splits each class into train "
+                f"and test, so each needs at least {MIN_PER_CLASS}"
+            )
     if len(found) < 2:
         return f"a labeled set needs at least two class folders, found {sorted(found) or 'none'}"
     return None

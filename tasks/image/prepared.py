@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from tasks.image.imaging import to_rgb
+from tasks.image.imaging import hash_file, to_rgb
 from tasks.image.shards import ShardReader, ShardWriter
-from tasks.image.sources import SourceError, list_images, open_source
+from tasks.image.sources import MIN_PER_CLASS, SourceError, list_images, open_source
 
 
 def load_rgb(path: Path, size: int) -> np.ndarray:
@@ -53,9 +53,58 @@ def accepted_rows(table_csv: Path) -> pd.DataFrame:
     return table[table["accepted"].astype(str).str.lower() == "true"]
 
 
+def _missing_folder(root: Path, relpath: str) -> Path | None:
+    """The outermost folder of ``relpath`` (or ``root`` itself) that no longer exists, if any."""
+    if not root.exists():
+        return root
+    folder = root
+    for part in Path(relpath).parent.parts:
+        folder = folder / part
+        if not folder.exists():
+            return folder
+    return None
+
+
+def _gone(root: Path, relpath: str) -> SourceError:
+    folder = _missing_folder(root, relpath)
+    if folder is not None:
+        return SourceError(f"{folder}: the folder is gone since validation (it held {relpath}); restore it or run `sslpipe validate` again")
+    return SourceError(f"{relpath}: the file is gone since validation; restore it or run `sslpipe validate` again")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB" if n >= 2**10 else f"{n} bytes"
+
+
+def check_unchanged(root: Path, accepted: pd.DataFrame, limit: int = 3) -> None:
+    """Refuse files that changed since validation, by name, before anything is decoded.
+
+    Size and mtime are compared with the validation table; a file where either differs is
+    hashed, and only a different content is a change (a copy that kept the bytes is fine).
+    A vanished file names the outermost folder that vanished with it."""
+    changed = []
+    for row in accepted[["path", "bytes", "mtime_ns", "sha256"]].itertuples(index=False):
+        try:
+            info = (root / row.path).stat()
+        except FileNotFoundError:
+            raise _gone(root, row.path) from None
+        if info.st_size == int(row.bytes) and info.st_mtime_ns == int(row.mtime_ns):
+            continue
+        if hash_file(root / row.path)[0] != row.sha256:
+            changed.append(f"{row.path} ({_size(int(row.bytes))} -> {_size(info.st_size)})")
+    if changed:
+        more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+        raise SourceError(
+            f"{len(changed)} file(s) changed since validation: {', '.join(changed[:limit])}{more}; "
+            "run `sslpipe validate` again to check them"
+        )
+
+
 def _decode_validated(root: Path, relpath: str, size: int) -> np.ndarray:
     try:
         return load_rgb(root / relpath, size)
+    except FileNotFoundError:
+        raise _gone(root, relpath) from None
     except Exception as err:  # noqa: BLE001 - validation decoded it, so the file changed since, in whatever way
         problem = f"{type(err).__name__}: {err}"
         raise SourceError(
@@ -70,6 +119,7 @@ def write_unlabeled(source: str | Path, table_csv: Path, out_dir: Path, image_si
         raise SourceError(f"{table_csv}: validation accepted no images; see `sslpipe validate` for why")
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_source(source, downloads) as root, ShardWriter(out_dir, image_size, len(accepted)) as writer:
+        check_unchanged(root, accepted)
         for path in accepted["path"]:  # one decoded image in memory at a time
             writer.add(_decode_validated(root, path, image_size))
     accepted[["path", "sha256"]].to_csv(out_dir / "manifest.csv", index=False)
@@ -93,6 +143,7 @@ def write_labeled(
     accepted = accepted_rows(table_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_source(source, downloads) as root:
+        check_unchanged(root, accepted)
         keep = {(root / p).as_posix() for p in accepted["path"]}
         if (root / "train").is_dir() and (root / "test").is_dir():
             splits = {"train": _class_folders(root / "train", keep), "test": _class_folders(root / "test", keep)}
@@ -104,6 +155,12 @@ def write_labeled(
         classes = sorted(set(splits["train"]) | set(splits["test"]))
         if len(classes) < 2:
             raise SourceError(f"{source}: a labeled set needs at least two class folders, found {classes}")
+        short = [f"{split}/{name}" for split, by_class in splits.items() for name in classes if not by_class.get(name)]
+        if short:  # validation refuses these (tasks/image/checks.py); a table from before that rule may not
+            raise SourceError(
+                f"{source}: no accepted images for class(es) {', '.join(short)} in that split; every class needs at least "
+                f"{MIN_PER_CLASS} accepted images (at least one for train and one for test)"
+            )
         counts = {}
         for split, by_class in splits.items():
             files = [(path, classes.index(name)) for name, paths in by_class.items() for path in paths]

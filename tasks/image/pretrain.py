@@ -24,14 +24,15 @@ from ssl_models.distributed import is_main
 from ssl_models.encoder import Encoder, save_encoder
 from ssl_models.launch import launch
 from ssl_models.methods import build_method, check_image_size
-from ssl_models.training import EpochStats, TrainingDiverged
+from ssl_models.training import EpochStats, TrainingDiverged, TrainingStopped
 from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig, PretrainConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared
 from tasks.image.init import InitWeights, apply_init, resolve_init
 from tasks.image.prepared import open_unlabeled
-from tasks.registry.tracking import Tracker
+from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.tracking import Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     init = _init(ctx) if p.init else None
     job = TrainJob(p, size, ctx.cfg.views(), prepared.unlabeled, checkpoint, ctx.progress, tracker.root, tracker.experiment, run_id, init)
     # rank 0's result (this rank's under torchrun); a diverged loss stays the clear message it is
-    trained = launch(_train, p.processes, job, expected=(TrainingDiverged,), device=p.device)[0]
+    trained = launch(_train, p.processes, job, expected=(TrainingDiverged, TrainingStopped), device=p.device)[0]
     if not is_main():
         return None
     history, weights = trained
@@ -109,20 +110,25 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
     device = torch.device(p.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # launch gave each process its own GPU
+    # A tracking server that goes away stops training within seconds, with a checkpoint to resume
+    # from. One process only: with several, rank 0 could not save alone (the save is a collective).
+    watch = ServerWatch(tracking_uri(job.root))
     on_epoch_end = None
     if rank == 0:
         # A Tracker on the stage's run by id: it works from a spawned process as from this one.
         tracker = Tracker(job.root, job.experiment, run_id=job.run_id)
 
         def on_epoch_end(stats: EpochStats) -> None:
-            tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+            log_epoch(tracker, watch, stats)
 
     images = open_unlabeled(job.unlabeled)
     progress = job.progress and rank == 0
     extra = {"run_id": job.run_id}
-    history = train_method(
-        method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size
-    )
+    with watch:
+        history = train_method(
+            method, images, p.settings(), device, on_epoch_end, job.checkpoint, progress, extra, rank=rank, world_size=world_size,
+            should_stop=watch.lost if world_size == 1 else None,
+        )  # fmt: skip
     if rank != 0:
         return None
     return history, {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}

@@ -21,6 +21,9 @@ from pathlib import Path, PurePosixPath
 # validate.allowed_formats) rather than silently skipped.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 TORCHVISION_PREFIX = "torchvision:"
+# A labeled class needs an image in train and one in test: the probe learns it and is scored on it
+# (checked by validation, tasks/image/checks.py, and again by ingest, tasks/image/prepared.py).
+MIN_PER_CLASS = 2
 
 
 class SourceError(ValueError):

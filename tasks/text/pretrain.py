@@ -15,6 +15,8 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, file_sha256
+from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.tracking import tracking_uri
 from tasks.text.model import build_mlm
 from tasks.text.tokens import (
     load_token_shards,
@@ -44,11 +46,16 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
     p, tracker = ctx.cfg.pretrain, ctx.tracker
     settings = ctx.cfg.text.settings(p.seed, p.method_params)
 
+    watch = ServerWatch(tracking_uri(tracker.root))  # a tracking server that goes away stops training (see the image part)
+
     def on_epoch_end(stats: EpochStats) -> None:
-        tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)
+        log_epoch(tracker, watch, stats)
 
     extra = {"run_id": run_id, "data_version": prepared.data_version}
-    history, method = train_mlm(Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress)
+    with watch:
+        history, method = train_mlm(
+            Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress, watch.lost
+        )
     tokenizer = Path(prepared.unlabeled) / TOKENIZER_FILE
     return history, lambda folder, extra: save_text_encoder(method.encoder.cpu(), folder, tokenizer, extra=extra)
 
@@ -61,6 +68,7 @@ def train_mlm(
     checkpoint_path: Path | None = None,
     extra: dict | None = None,
     progress: bool = True,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> tuple[list[EpochStats], MLM]:
     """MLM on the token shards; returns the history and the trained method."""
     ids = load_token_shards(prepared_unlabeled)
@@ -72,5 +80,5 @@ def train_mlm(
         warmup_epochs=settings.warmup_epochs, optimizer="adamw", seed=settings.seed,
     )  # fmt: skip
     return train_method(
-        method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra
+        method, ids, train, device, on_epoch_end, checkpoint_path, progress, extra=extra, should_stop=should_stop
     ), method  # extra: the run to resume in

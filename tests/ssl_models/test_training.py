@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
@@ -15,6 +16,7 @@ from ssl_models.methods import build_method
 from ssl_models.training import (
     CheckpointMismatch,
     EpochStats,
+    TrainingStopped,
     TrainSettings,
     _make_optimizer,
     checkpoint_extra,
@@ -194,3 +196,74 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path):
     pretrain(tiny_simclr(), images, TrainSettings(epochs=1, batch_size=8), checkpoint_path=checkpoint, progress=False)
     with pytest.raises(CheckpointMismatch, match=r"lr: 0.3 in the checkpoint, 0.1 now.*delete the checkpoint"):
         pretrain(tiny_simclr(), images, TrainSettings(epochs=1, batch_size=8, lr=0.1), checkpoint_path=checkpoint, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint"])
+def test_an_unreadable_checkpoint_is_set_aside_and_training_starts_afresh(tmp_path, caplog, damage):
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    reference = train_without_interruption(images)
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Crash):
+        pretrain(tiny_simclr(), images, RESUME_SETTINGS, on_epoch_end=lambda s: (_ for _ in ()).throw(Crash()), checkpoint_path=checkpoint)
+    written = checkpoint.read_bytes()
+    # a disk that filled up or a copy cut short; or a file of another kind under the name
+    checkpoint.write_bytes(written[: len(written) // 2] if damage == "truncated" else b"not a zip archive")
+    assert checkpoint_extra(checkpoint) is None  # the stage asks first: set aside, nothing to resume
+    aside = tmp_path / "ckpt.pt.corrupt"
+    assert aside.exists() and not checkpoint.exists()
+    assert f"set aside as {aside}, training starts afresh" in caplog.text
+    if damage == "truncated":
+        checkpoint.write_bytes(written[: len(written) // 2])  # the loop itself, asked directly, does the same
+    fresh = tiny_simclr()
+    history = pretrain(fresh, images, RESUME_SETTINGS, checkpoint_path=checkpoint, progress=False)
+    assert [s.epoch for s in history] == [1, 2]
+    assert_identical(fresh.encoder.state_dict(), reference)  # afresh: as if there had never been a checkpoint
+    assert aside.exists() and checkpoint.exists()
+
+
+def test_should_stop_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    reference = train_without_interruption(images)
+    checkpoint = tmp_path / "ckpt.pt"
+    asked = []
+
+    def server_gone_at_step_6() -> str | None:
+        asked.append(1)
+        return "the tracking server went away" if len(asked) == 6 else None
+
+    with pytest.raises(TrainingStopped, match=r"the tracking server went away; stopped training at epoch 2, step 2 of 4, checkpoint saved"):
+        pretrain(tiny_simclr(), images, RESUME_SETTINGS, checkpoint_path=checkpoint, progress=False, should_stop=server_gone_at_step_6)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
+    resumed = tiny_simclr(seed=1)
+    pretrain(resumed, images, RESUME_SETTINGS, checkpoint_path=checkpoint, progress=False)
+    assert_identical(resumed.encoder.state_dict(), reference)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_file_and_leaves_the_old_one(tmp_path, small_fs):
+    """Real: a full 4 MB file system; torch.save's "file write failed" becomes ENOSPC naming the file."""
+    import errno
+
+    folder = small_fs(4)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    checkpoint = folder / "ckpt.pt"
+    pretrain(tiny_simclr(), images, TrainSettings(epochs=1, batch_size=8), checkpoint_path=checkpoint, progress=False)
+    before = checkpoint.read_bytes()
+    free = shutil.disk_usage(folder).free
+    (folder / "filler").write_bytes(b"\0" * (free - len(before) // 2))  # less free than one more checkpoint
+    with pytest.raises(OSError) as raised:
+        pretrain(tiny_simclr(), images, TrainSettings(epochs=2, batch_size=8), checkpoint_path=folder / "other.pt", progress=False)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(folder / "other.pt")
+    assert not (folder / "other.tmp").exists()  # nothing half-written stays
+    assert checkpoint.read_bytes() == before
+
+
+def test_the_free_space_check_says_how_much_more_is_needed(tmp_path):
+    import errno
+
+    from ssl_models.training import check_free_space
+
+    check_free_space(tmp_path / "ckpt.pt", 1)
+    with pytest.raises(OSError) as raised:
+        check_free_space(tmp_path / "ckpt.pt", shutil.disk_usage(tmp_path).free + 5 * 2**20)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "ckpt.pt")
+    assert 5 * 2**20 - 2**20 < raised.value.needed_bytes <= 5 * 2**20 + 2**20  # another writer may move it a little

@@ -129,3 +129,74 @@ def test_torchvision_dataset_export_on_local_files(tmp_path, tiny_data):
     target = export_dataset(ImageFolder(str(tiny_data["labeled"] / "train")), tmp_path / "export")
     assert sorted(p.name for p in target.iterdir() if p.is_dir()) == ["airplane", "cat", "ship"]
     assert len(list_images(target)) == 48
+
+
+def _write_labeled(source, table, out):
+    from tasks.image.prepared import write_labeled
+
+    with staged_dir(out) as staging:
+        return write_labeled(source, table, staging, 32)
+
+
+def test_a_file_that_grew_after_validation_is_refused_by_name(tmp_path, tiny_data):
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data["unlabeled"], pool)
+    table = _validated(pool, tmp_path / "v")
+    grown = sorted(pool.glob("*.jpg"))[3]
+    with Image.open(grown) as image:
+        image.resize((160, 160)).save(grown, quality=100)  # still a good JPEG: decoding alone would not notice
+    with pytest.raises(
+        SourceError, match=rf"1 file\(s\) changed since validation: {grown.name} \(\d+ (bytes|KB) -> \d+ KB\); run `sslpipe validate`"
+    ):
+        ingest_unlabeled(pool, table, tmp_path / "out", 32)
+
+
+def test_a_touched_file_with_the_same_bytes_is_accepted(tmp_path, tiny_data):
+    import os
+
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_data["unlabeled"], pool)
+    table = _validated(pool, tmp_path / "v")
+    touched = sorted(pool.glob("*.jpg"))[0]
+    os.utime(touched, ns=(1, 1))  # mtime differs, content does not: the hash decides
+    assert ingest_unlabeled(pool, table, tmp_path / "out", 32) == 128
+
+
+def test_a_folder_that_vanished_after_validation_is_named_as_the_folder(tmp_path, tiny_data):
+    labeled = tmp_path / "labeled"
+    shutil.copytree(tiny_data["labeled"], labeled)
+    table = _validated(labeled, tmp_path / "v", "labeled")
+    shutil.rmtree(labeled / "test" / "cat")
+    with pytest.raises(SourceError, match=rf"^{labeled / 'test' / 'cat'}: the folder is gone since validation \(it held test/cat/"):
+        _write_labeled(labeled, table, tmp_path / "out")
+    shutil.rmtree(labeled)
+    with pytest.raises(SourceError, match=rf"^{labeled}: no such file or folder"):
+        _write_labeled(labeled, table, tmp_path / "out")
+
+
+def _noise_jpeg(path, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+
+
+def test_an_empty_class_folder_and_a_class_of_one_image_fail_validation(tmp_path, tiny_data):
+    flat = tmp_path / "flat"
+    shutil.copytree(tiny_data["labeled"] / "train", flat)
+    (flat / "dog").mkdir()  # dropped without a word before
+    checks = ImageChecks(ValidateConfig(min_images=1), labeled=True)
+    report, _ = run_checks(checks, flat, "labeled", tmp_path / "v")
+    assert not report.success and "class folder(s) with no accepted images: dog; add images or remove the folder" in report.decision
+    _noise_jpeg(flat / "dog" / "only.jpg", 0)  # before: accepted, and its one image landed in test only
+    report, _ = run_checks(checks, flat, "labeled", tmp_path / "v")
+    assert not report.success and "fewer than 2 accepted images: dog (1); ingest splits each class into train and test" in report.decision
+    _noise_jpeg(flat / "dog" / "second.jpg", 1)
+    report, _ = run_checks(checks, flat, "labeled", tmp_path / "v")
+    assert report.success, report.decision  # two are enough: one for train, one for test
+
+
+def test_a_class_missing_from_one_half_of_a_given_split_fails_validation(tmp_path, tiny_data):
+    split = tmp_path / "split"
+    shutil.copytree(tiny_data["labeled"], split)
+    shutil.move(split / "test" / "ship", tmp_path / "elsewhere")
+    report, _ = run_checks(ImageChecks(ValidateConfig(min_images=1), labeled=True), split, "labeled", tmp_path / "v")
+    assert not report.success and "without accepted images in one half of the split: test/ship" in report.decision

@@ -4,12 +4,7 @@ share nothing but the server (no file lock, as on two machines) gate at once and
 exactly one champion and both versions."""
 
 import multiprocessing
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,48 +16,17 @@ from ssl_models.encoder import Encoder, save_encoder
 from tasks.registry.models import log_encoder_model
 from tasks.registry.promotion import LOCK_SUFFIX, champion_lock, gate, promote, rollback
 from tests.conftest import use_mlflow_store
+from tests.mlflow_server import mlflow_server as run_mlflow_server
 
 NAME = "ssl-encoder"
 SAME_DATA = {"eval_data_version": "labeled-v1", "eval_protocol": "probe-v1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a database backend and its own artifact store; yields its URL."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-    ]  # fmt: skip
-    log = root / "server.log"
-    server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-                time.sleep(0.5)
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
-    finally:
-        os.killpg(server.pid, 15)  # the server and its uvicorn workers
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
 
 
 @pytest.fixture
