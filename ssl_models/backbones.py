@@ -10,6 +10,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -195,7 +196,7 @@ class TransformerBlock(nn.Module):
     Parameter names are timm's (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
     ``mlp.fc1``, ``mlp.fc2``); weights saved with the older ``mlp.0`` / ``mlp.2`` names load."""
 
-    _OLD_NAMES = {
+    _OLD_NAMES: ClassVar[dict[str, str]] = {
         "mlp.0.weight": "mlp.fc1.weight",
         "mlp.0.bias": "mlp.fc1.bias",
         "mlp.2.weight": "mlp.fc2.weight",
@@ -239,7 +240,7 @@ def interpolate_position_embedding(pos_embed: torch.Tensor, grid_size: int) -> t
     the patch part resized bicubically as a (D, g, g) map, the class token's kept (DINO's
     ``interpolate_pos_encoding``). So a crop smaller than the image the ViT was built for
     (DINO's local crops: 16 px on a 32 px model) has positions spread over the whole grid."""
-    grid = int(round((pos_embed.shape[1] - 1) ** 0.5))
+    grid = round((pos_embed.shape[1] - 1) ** 0.5)
     if grid == grid_size:
         return pos_embed
     cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
