@@ -68,8 +68,9 @@ def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float =
 
     Ranks may hold different numbers of rows (iBOT's hidden patches): the sums and the
     counts are all-reduced together. No rows anywhere: the centre is kept."""
-    rows = torch.full((1, 1), float(teacher.shape[0]), device=teacher.device)
-    sums = all_reduce_with_grad(torch.cat([teacher.float().sum(dim=0, keepdim=True), rows], dim=1))  # (1, K + 1), over the ranks
+    dtype = torch.promote_types(teacher.dtype, torch.float32)  # at least float32, also under autocast
+    rows = torch.full((1, 1), float(teacher.shape[0]), device=teacher.device, dtype=dtype)
+    sums = all_reduce_with_grad(torch.cat([teacher.sum(dim=0, keepdim=True, dtype=rows.dtype), rows], dim=1))  # (1, K + 1), over the ranks
     count = float(sums[0, -1])
     if count == 0:
         return center

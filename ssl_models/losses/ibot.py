@@ -44,6 +44,6 @@ def ibot_patch_loss(
     order); mask: (B, L) bool with M True entries; center (1, K). Returns a scalar."""
     target = F.softmax((teacher.detach() - center) / teacher_temp, dim=-1)
     per_patch = -(target * F.log_softmax(student / student_temp, dim=-1)).sum(dim=-1)  # (M,)
-    hidden_per_image = mask.sum(dim=1).clamp(min=1)  # (B,)
+    hidden_per_image = mask.sum(dim=1).clamp(min=1).to(per_patch.dtype)  # (B,)
     weights = (1.0 / hidden_per_image)[:, None].expand_as(mask)[mask]  # (M,): 1 / hidden patches of its image
     return (per_patch * weights).sum() / mask.shape[0]

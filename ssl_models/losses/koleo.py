@@ -34,7 +34,7 @@ from ssl_models.distributed import gather_with_grad, world
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """features: (n, D) this rank's rows (normalised here). Returns a scalar."""
-    x = F.normalize(features.float(), dim=-1, eps=eps)
+    x = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1, eps=eps)  # float32 at least
     rank, n = world()[0], x.shape[0]
     everyone = gather_with_grad(x)  # (N, D), this rank's rows at [rank * n, (rank + 1) * n)
     own = torch.arange(n, device=x.device) + rank * n
