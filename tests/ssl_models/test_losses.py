@@ -16,12 +16,12 @@ from ssl_models.losses import (
     byol_loss,
     dino_loss,
     ibot_patch_loss,
-    koleo_loss,
-    update_center,
     info_nce_loss,
+    koleo_loss,
     masked_mse_loss,
     negative_cosine_similarity,
     nt_xent_loss,
+    update_center,
     vicreg_loss,
 )
 
