@@ -87,18 +87,21 @@ class DINOHead(nn.Module):
     divided by the temperature in the loss. That bounded scale keeps the teacher's sharpened
     softmax stable. ``forward(h, freeze_last_layer=True)`` uses V without a gradient: DINO
     freezes the last layer during the first epoch, when it would otherwise move too fast.
-    No BatchNorm (as DINO's ViT heads), so a head's output depends on its own image only.
+    ``batch_norm``: BatchNorm after the hidden layers, as DINO's heads on ResNets
+    (``use_bn_in_head``); off, as on its ViTs, a head's output depends on its own image only.
 
     >>> head = DINOHead(128, 512, 64, 1024)
     >>> head(torch.zeros(4, 128)).shape  # doctest: +SKIP
     torch.Size([4, 1024])
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim)
-        )
+
+        def hidden(dim_in: int) -> list[nn.Module]:
+            return [nn.Linear(dim_in, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if batch_norm else []), nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(input_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
         for module in self.mlp:
             if isinstance(module, nn.Linear):  # as DINO: truncated normal, std 0.02
                 nn.init.trunc_normal_(module.weight, std=0.02)

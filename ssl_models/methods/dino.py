@@ -81,11 +81,14 @@ class DINO(nn.Module):
         momentum: float = 0.99,
         freeze_last_layer: float = 0.0,
         koleo_weight: float = 0.0,
+        head_batch_norm: bool | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.views = views
-        self.head = DINOHead(encoder.feature_dim, hidden_dim, bottleneck_dim, out_dim)
+        # BatchNorm in the head on CNNs (None: when the backbone is not a ViT), as DINO's ResNet heads.
+        batch_norm = not hasattr(encoder.backbone, "blocks") if head_batch_norm is None else head_batch_norm
+        self.head = DINOHead(encoder.feature_dim, hidden_dim, bottleneck_dim, out_dim, batch_norm)
         self.teacher_encoder = frozen_copy(encoder)
         self.teacher_head = frozen_copy(self.head)
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp

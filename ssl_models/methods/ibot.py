@@ -93,7 +93,7 @@ class IBOT(nn.Module):
             raise ValueError(f"iBOT needs a ViT backbone ({self.backbones}), got {type(vit).__name__}")
         self.encoder = encoder
         self.views = views
-        self.head = DINOHead(encoder.feature_dim, hidden_dim, bottleneck_dim, out_dim)
+        self.head = DINOHead(encoder.feature_dim, hidden_dim, bottleneck_dim, out_dim)  # no BatchNorm, as on DINO's ViTs
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.feature_dim))  # the student's stand-in for a hidden patch
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.teacher_encoder = frozen_copy(encoder)
