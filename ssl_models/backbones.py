@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -180,8 +182,26 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def _rename_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
+    """Rename ``prefix + old`` keys to ``prefix + new`` in place: state dicts saved before a
+    module's parameters got their present names still load."""
+    for old, new in renames.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+
 class TransformerBlock(nn.Module):
-    """Pre-norm transformer block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + MSA(LN(x)), then x + MLP(LN(x)).
+
+    Parameter names are timm's (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+    ``mlp.fc1``, ``mlp.fc2``); weights saved with the older ``mlp.0`` / ``mlp.2`` names load."""
+
+    _OLD_NAMES: ClassVar[dict[str, str]] = {
+        "mlp.0.weight": "mlp.fc1.weight",
+        "mlp.0.bias": "mlp.fc1.bias",
+        "mlp.2.weight": "mlp.fc2.weight",
+        "mlp.2.bias": "mlp.fc2.bias",
+    }
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -189,11 +209,44 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _rename_keys(state_dict, prefix, self._OLD_NAMES)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Cut an image into ``patch_size`` squares and embed each linearly (a strided
+    convolution): (B, 3, H, W) -> (B, (H/p) * (W/p), dim), row-major. timm's name and layout."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
+            raise ValueError(f"image of {tuple(x.shape[-2:])} px is not a multiple of the patch size {self.patch_size}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def interpolate_position_embedding(pos_embed: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """A (1, 1 + g*g, D) position embedding (class token first) for a grid of ``grid_size``:
+    the patch part resized bicubically as a (D, g, g) map, the class token's kept (DINO's
+    ``interpolate_pos_encoding``). So a crop smaller than the image the ViT was built for
+    (DINO's local crops: 16 px on a 32 px model) has positions spread over the whole grid."""
+    grid = round((pos_embed.shape[1] - 1) ** 0.5)
+    if grid == grid_size:
+        return pos_embed
+    cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    patches = patches.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+    patches = F.interpolate(patches, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid_size**2, -1)], dim=1)
 
 
 class VisionTransformer(nn.Module):
@@ -214,11 +267,21 @@ class VisionTransformer(nn.Module):
 
     The pieces are public so that MAE can run the encoder on visible patches only
     (the Encoder's input normalisation must then be applied by the caller):
-        patch_embed  Conv2d, (B, 3, H, W) -> (B, dim, H/p, W/p); ``embed_patches`` flattens it
+        patch_embed  PatchEmbed, (B, 3, H, W) -> (B, L, dim); ``embed_patches`` adds positions
         cls_token    (1, 1, dim) parameter
         pos_embed    (1, 1 + L, dim) fixed buffer, class token first (zeros)
         blocks       nn.ModuleList of TransformerBlock
         norm         the final LayerNorm
+
+    Other input sizes: an image smaller (or larger) than ``image_size`` gets the position
+    embedding interpolated to its grid (DINO's local crops). ``forward_tokens(x, mask,
+    mask_token)`` replaces the masked patches' embeddings by a mask token before the
+    positions are added (iBOT, BEiT); ``pool_tokens`` is the pooling ``forward`` applies.
+
+    State dict: timm's ``VisionTransformer`` names (``patch_embed.proj``, ``blocks.N.attn.qkv``,
+    ``blocks.N.mlp.fc1``, ...), so ``timm_state_dict(vit)`` loads into a timm ViT of the same
+    shape (``global_pool="token"``, ``num_classes=0``, LayerNorm eps 1e-5). The position
+    embedding is fixed, so it is not stored; ``timm_state_dict`` adds it.
 
     >>> vit = VisionTransformer()
     >>> vit(torch.zeros(2, 3, 32, 32)).shape
@@ -249,7 +312,7 @@ class VisionTransformer(nn.Module):
         self.image_size, self.patch_size, self.pool_mode = image_size, patch_size, pool
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # Fixed, not learned (as MAE): recomputed on construction, so not in the state_dict.
         pos = sincos_position_embedding(dim, self.grid_size, cls_token=True)
@@ -262,36 +325,76 @@ class VisionTransformer(nn.Module):
     def _init_weights(self) -> None:
         # As MAE: xavier for linear layers and the patch projection, small normal for the token.
         nn.init.normal_(self.cls_token, std=0.02)
-        w = self.patch_embed.weight
+        w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised -> patch tokens with position (B, L, dim), no class token."""
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, dim), row-major
-        return tokens + self.pos_embed[:, 1:]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _rename_keys(state_dict, prefix, {"patch_embed.weight": "patch_embed.proj.weight", "patch_embed.bias": "patch_embed.proj.bias"})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> all tokens after the final norm (B, 1 + L, dim), class token first."""
-        tokens = self.embed_patches(x)
+    def position_embedding(self, grid_size: int) -> torch.Tensor:
+        """(1, 1 + grid_size**2, dim), class token first: the built grid's, or interpolated to another."""
+        return interpolate_position_embedding(self.pos_embed, grid_size)
+
+    def embed_patches(self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> patch tokens with position (B, L, dim), no class token.
+
+        ``mask`` (B, L) bool, True where the patch is hidden: its embedding is replaced by
+        ``mask_token`` (1, 1, dim) before the position is added, so the model knows where
+        the hidden patch was but not what it showed."""
+        tokens = self.patch_embed(x)  # (B, L, dim), row-major
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("a mask needs a mask_token")
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        return tokens + self.position_embedding(x.shape[-1] // self.patch_size)[:, 1:]
+
+    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> all tokens after the final norm (B, 1 + L, dim), class token first.
+        ``mask`` / ``mask_token``: see ``embed_patches``."""
+        tokens = self.embed_patches(x, mask, mask_token)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1)
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens)
 
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + L, dim) -> (B, dim): the mean of the patch tokens, or the class token."""
+        return tokens[:, 1:].mean(dim=1) if self.pool_mode == "mean" else tokens[:, 0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) -> (B, dim)
-        tokens = self.forward_tokens(x)
-        return tokens[:, 1:].mean(dim=1) if self.pool_mode == "mean" else tokens[:, 0]
+        return self.pool_tokens(self.forward_tokens(x))
 
     def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens as a map, like ResNet18Cifar's: (B, 3, H, W) -> (B, dim, H/p, W/p)."""
         tokens = self.forward_tokens(x)[:, 1:]  # (B, L, dim)
-        return tokens.transpose(1, 2).reshape(x.shape[0], -1, self.grid_size, self.grid_size)
+        grid = x.shape[-1] // self.patch_size
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, grid, grid)
+
+
+def vit_small(
+    image_size: int = 32, patch_size: int | None = None, dim: int = 384, depth: int = 12, heads: int = 6, pool: str = "mean"
+) -> VisionTransformer:
+    """ViT-S (Touvron et al., 2021; the backbone of DINO's and iBOT's ViT-S/16): dim 384,
+    depth 12, 6 heads, about 21.7M parameters; the patch follows the image size as for
+    ``vit_tiny`` (4 px at 32, 16 px at 224). The pipeline's ``width`` does not apply: ViT-S
+    is one fixed size. On 2 CPU cores it is slow (about 20x the default ``vit_tiny``);
+    it is meant for GPU runs."""
+    return VisionTransformer(image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads, pool=pool)
+
+
+def timm_state_dict(vit: VisionTransformer) -> dict[str, torch.Tensor]:
+    """The backbone's weights as timm's ``VisionTransformer`` names them, the fixed position
+    embedding included: ``timm_vit.load_state_dict(timm_state_dict(vit))`` (strict) for a
+    timm ViT built with the same dim, depth, heads, patch and image size, ``class_token=True``,
+    ``global_pool="token"``, ``num_classes=0`` (LayerNorm eps 1e-5 for identical outputs)."""
+    return {**vit.state_dict(), "pos_embed": vit.pos_embed.detach().clone()}
 
 
 TIMM_PREFIX = "timm:"  # pretrain.backbone=timm:NAME: any model of the timm library
@@ -347,6 +450,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": functools.partial(TorchvisionResNet, "resnet18"),
     "resnet50": functools.partial(TorchvisionResNet, "resnet50"),
     "vit_tiny": VisionTransformer,
+    "vit_small": vit_small,
 }
 
 

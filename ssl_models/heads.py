@@ -7,6 +7,8 @@ SimCLR (Chen et al., 2020) showed that the loss is best computed on a projection
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -72,3 +74,49 @@ class ConvDecoder(nn.Sequential):
             channels = hidden_channels
         layers.append(nn.Conv2d(channels, output_channels, 1))
         super().__init__(*layers)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al., 2021, appendix; ``DINOHead`` in facebookresearch/dino).
+
+        h (B, in) --MLP: Linear-GELU-Linear-GELU-Linear--> (B, bottleneck) --l2-normalise--> z
+        logits = z @ normalize(V).T                     (B, out_dim), V (out_dim, bottleneck)
+
+    The last layer is weight-normalised with its gain fixed at 1 (DINO's ``norm_last_layer``):
+    each of the ``out_dim`` prototypes is a unit vector, so a logit is a cosine in [-1, 1],
+    divided by the temperature in the loss. That bounded scale keeps the teacher's sharpened
+    softmax stable. ``forward(h, freeze_last_layer=True)`` uses V without a gradient: DINO
+    freezes the last layer during the first epoch, when it would otherwise move too fast.
+    ``batch_norm``: BatchNorm after the hidden layers, as DINO's heads on ResNets
+    (``use_bn_in_head``); off, as on its ViTs, a head's output depends on its own image only.
+
+    >>> head = DINOHead(128, 512, 64, 1024)
+    >>> head(torch.zeros(4, 128)).shape  # doctest: +SKIP
+    torch.Size([4, 1024])
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int, batch_norm: bool = False) -> None:
+        super().__init__()
+
+        def hidden(dim_in: int) -> list[nn.Module]:
+            return [nn.Linear(dim_in, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if batch_norm else []), nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(input_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):  # as DINO: truncated normal, std 0.02
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = nn.Parameter(torch.empty(output_dim, bottleneck_dim))  # V: one row per prototype
+        nn.init.trunc_normal_(self.last_layer, std=0.02)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, input_dim) -> the l2-normalised bottleneck z (B, bottleneck_dim)."""
+        return F.normalize(self.mlp(h), dim=-1)
+
+    def prototypes(self, z: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        """z (B, bottleneck_dim) -> logits (B, output_dim): cosines with the unit prototypes."""
+        v = self.last_layer.detach() if freeze_last_layer else self.last_layer
+        return z @ F.normalize(v, dim=1).T
+
+    def forward(self, h: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        return self.prototypes(self.project(h), freeze_last_layer)

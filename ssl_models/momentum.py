@@ -11,6 +11,7 @@ with m (BYOL's tau) either constant or raised from ``base`` to 1 by a cosine ove
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -30,3 +31,12 @@ def update_momentum(online: Iterable[nn.Module], target: Iterable[nn.Module], m:
     target_params = [p for module in target for p in module.parameters()]
     for t, o in zip(target_params, online_params, strict=True):
         t.mul_(m).add_(o.detach(), alpha=1 - m)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """An exact copy of ``module`` that the optimiser never touches (requires_grad off): the
+    start of a momentum (EMA) network, e.g. DINO's teacher."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target

@@ -10,6 +10,8 @@ from ssl_models.methods.barlow_twins import BarlowTwins
 from ssl_models.methods.base import SSLMethod, StepOutput
 from ssl_models.methods.byol import BYOL
 from ssl_models.methods.colorization import Colorization
+from ssl_models.methods.dino import DINO
+from ssl_models.methods.ibot import IBOT
 from ssl_models.methods.inpainting import Inpainting
 from ssl_models.methods.mae import MAE
 from ssl_models.methods.mlm import MLM
@@ -32,6 +34,8 @@ METHODS: dict[str, type] = {
     "relative_patch": RelativePatchLocation,
     "colorization": Colorization,
     "inpainting": Inpainting,
+    "dino": DINO,
+    "ibot": IBOT,
 }
 
 # Methods over token ids (ssl_models/text.py's TextEncoder), kept apart from the image methods:

@@ -141,15 +141,23 @@ def _as_hwc(images) -> list:
     return list(np.clip(array.transpose(0, 2, 3, 1), 0, 1))
 
 
-def augment_preview(images, views1, views2, path: Path, title: str = "Augmentation preview: two random views of each image") -> Path:
-    """A grid with one column per image and three labelled rows: the original, view 1, view 2.
+def augment_preview(
+    images, views1, views2, path: Path, title: str = "Augmentation preview: two random views of each image", local_views: Sequence = ()
+) -> Path:
+    """A grid with one column per image and labelled rows: the original, view 1, view 2,
+    then one row per local crop (multi-crop), when ``local_views`` holds any.
 
-    ``images``, ``views1``, ``views2``: (N, 3, H, W) floats in [0, 1]. Each picture is drawn
-    about an inch and a half wide, pixels kept sharp (no smoothing of a 32-pixel image)."""
+    ``images``, ``views1``, ``views2``, each of ``local_views``: (N, 3, H, W) floats in [0, 1]
+    (local crops smaller). Each picture is drawn about an inch and a half wide, pixels kept
+    sharp (no smoothing of a 32-pixel image); a local crop fills the same square, so its
+    pixels look larger."""
     plt = _pyplot()
     rows = [("original", _as_hwc(images)), ("view 1", _as_hwc(views1)), ("view 2", _as_hwc(views2))]
+    rows += [(f"local {i + 1}", _as_hwc(crops)) for i, crops in enumerate(local_views)]
+    if local_views and title == "Augmentation preview: two random views of each image":
+        title = f"Augmentation preview: two random views and {len(local_views)} local crops of each image"
     columns = len(rows[0][1])
-    fig, axes = plt.subplots(3, columns, figsize=(1.5 * columns + 1.0, 1.5 * 3 + 0.7), squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns + 1.0, 1.5 * len(rows) + 0.7), squeeze=False)
     for r, (label, pictures) in enumerate(rows):
         for c, picture in enumerate(pictures):
             ax = axes[r][c]

@@ -1,5 +1,5 @@
 """The image part of augment: the view policy checked on real images, and a preview grid
-(rows: original, view 1, view 2)."""
+(rows: original, view 1, view 2, and each local crop when multi-crop is on)."""
 
 from __future__ import annotations
 
@@ -33,10 +33,24 @@ def check_views(policy: ViewPolicy, images: torch.Tensor) -> torch.Tensor:
     return views
 
 
+def check_local_views(policy: ViewPolicy, images: torch.Tensor) -> list[torch.Tensor]:
+    """The policy's local crops (multi-crop; [] when off), checked for shape and range."""
+    crops = policy.local_views(images)
+    expected = (images.shape[0], 3, policy.local_size, policy.local_size)
+    for crop in crops:
+        if crop.shape != expected:
+            raise AugmentPolicyError(f"local crops have shape {tuple(crop.shape)}, expected {expected}")
+        if not torch.isfinite(crop).all() or crop.min() < 0 or crop.max() > 1:
+            raise AugmentPolicyError("local crops leave the [0, 1] range or hold NaN")
+    return crops
+
+
 def preview(ctx: StageContext, prepared: Prepared, path: Path) -> Path:
     """Check the policy on the first training images; draw them and their views to ``path``."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.pretrain.seed)
     images = preview_images(prepared.unlabeled, cfg.augment.preview_images)
-    views = check_views(cfg.views(), images)
-    return augment_preview(images, views[: len(images)], views[len(images) :], path)
+    policy = cfg.views()
+    views = check_views(policy, images)
+    local_views = check_local_views(policy, images)
+    return augment_preview(images, views[: len(images)], views[len(images) :], path, local_views=local_views)

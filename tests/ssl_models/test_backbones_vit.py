@@ -90,3 +90,87 @@ def test_resnet_feature_map_pools_to_forward():
     fmap = net.forward_features_map(x)
     assert fmap.shape == (2, 32, 4, 4)
     assert torch.allclose(fmap.mean(dim=(2, 3)), net(x), atol=1e-6)
+
+
+# --- vit_small, timm's layout, other input sizes, masks -------------------------------------
+
+
+def test_vit_small_is_vit_s_and_ignores_the_width_knob():
+    vit = build_backbone("vit_small", width=16, image_size=32)
+    assert (vit.feature_dim, len(vit.blocks), vit.blocks[0].attn.heads, vit.patch_size) == (384, 12, 6, 4)
+    assert 21e6 < sum(p.numel() for p in vit.parameters()) < 22e6
+    assert build_backbone("vit_small", image_size=224).patch_size == 16
+    tiny = build_backbone("vit_small", dim=32, depth=1, heads=2)
+    assert tiny(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_timm_loads_the_state_dict_and_computes_the_same_tokens():
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from ssl_models.backbones import timm_state_dict
+
+    ours = VisionTransformer(image_size=32, patch_size=4, **TINY).eval()
+    theirs = TimmViT(
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+        global_pool="token",
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-5),
+    ).eval()
+    theirs.load_state_dict(timm_state_dict(ours))  # strict: every name and shape matches
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.forward_features(x), ours.forward_tokens(x), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_saved_with_the_old_names_still_load():
+    vit = VisionTransformer(**TINY).eval()
+    new_to_old = {"patch_embed.proj.": "patch_embed.", "mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.2."}
+    old_state = {}
+    for key, value in vit.state_dict().items():
+        for new, old in new_to_old.items():
+            key = key.replace(new, old)
+        old_state[key] = value
+    assert "patch_embed.weight" in old_state and "blocks.0.mlp.0.weight" in old_state
+    encoder_state = {f"backbone.{k}": v for k, v in old_state.items()}
+    encoder = Encoder("vit_tiny", TINY)
+    encoder.load_state_dict(encoder_state)  # strict
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(encoder.backbone(x), vit(x), atol=1e-6)
+
+
+def test_smaller_crops_get_an_interpolated_position_embedding():
+    vit = VisionTransformer(image_size=32, patch_size=4, **TINY)
+    assert vit.position_embedding(8) is vit.pos_embed
+    small = vit.position_embedding(4)
+    assert small.shape == (1, 1 + 16, 32)
+    assert torch.equal(small[:, 0], vit.pos_embed[:, 0])  # the class token's is kept
+    # The corners of the 4x4 grid are near the corners of the 8x8 grid, not its first rows.
+    grid = vit.pos_embed[0, 1:].view(8, 8, 32)
+    small_grid = small[0, 1:].view(4, 4, 32)
+    assert (small_grid[3, 3] - grid[7, 7]).norm() < (small_grid[3, 3] - grid[3, 3]).norm()
+    assert vit(torch.rand(2, 3, 16, 16)).shape == (2, 32)
+    assert vit.forward_features_map(torch.rand(2, 3, 16, 16)).shape == (2, 32, 4, 4)
+    with pytest.raises(ValueError, match="patch size"):
+        vit(torch.rand(2, 3, 18, 18))
+
+
+def test_a_mask_replaces_the_hidden_patches_by_the_mask_token():
+    vit = VisionTransformer(**TINY).eval()
+    x = torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 64, dtype=torch.bool)
+    mask[0, :10] = True
+    token = torch.randn(1, 1, 32)
+    embedded = vit.embed_patches(x, mask, token)
+    positions = vit.pos_embed[:, 1:]
+    assert torch.allclose(embedded[0, :10], (token + positions)[0, :10])
+    assert torch.allclose(embedded[:, 10:], vit.embed_patches(x)[:, 10:])
+    assert torch.allclose(embedded[1], vit.embed_patches(x)[1])
+    assert vit.forward_tokens(x, mask, token).shape == (2, 65, 32)
+    with pytest.raises(ValueError):
+        vit.embed_patches(x, mask)

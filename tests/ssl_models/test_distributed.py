@@ -32,7 +32,7 @@ from ssl_models.distributed import (
 )
 from ssl_models.encoder import Encoder
 from ssl_models.launch import WorkerFailed, already_launched, launch, resolve_processes
-from ssl_models.losses import info_nce_loss, nt_xent_loss
+from ssl_models.losses import dino_loss, info_nce_loss, koleo_loss, nt_xent_loss, update_center
 from ssl_models.methods.moco import MoCo
 from ssl_models.methods.simclr import SimCLR
 
@@ -59,6 +59,10 @@ def fixed_inputs() -> dict[str, torch.Tensor]:
         "images": torch.rand(BATCH, 3, 32, 32, generator=g),
         "view_a": torch.rand(BATCH, 3, 32, 32, generator=g),
         "view_b": torch.rand(BATCH, 3, 32, 32, generator=g),
+        # DINO: 2 global + 2 local student views, 2 teacher views, K = 16 prototypes
+        "dino_student": torch.randn(4, BATCH, 16, generator=g),
+        "dino_teacher": torch.randn(2, BATCH, 16, generator=g),
+        "dino_center": torch.randn(1, 16, generator=g),
     }
 
 
@@ -143,6 +147,17 @@ def numeric_worker(rank: int, world_size: int, data: dict[str, torch.Tensor]) ->
     # MoCo: 2 BN groups per rank, shuffle-BN across the ranks, gathered keys in the queue.
     moco = tiny_moco(data["view_a"][mine], data["view_b"][mine], bn_groups=2)
     result["moco"] = moco_two_steps(moco, wrap_for_training(moco, "cpu"), data["images"][mine])
+
+    # DINO: the loss of this rank's rows; the centre from every rank's teacher rows. KoLeo: neighbours in the global batch.
+    student = [view[mine].clone().requires_grad_() for view in data["dino_student"]]
+    teacher = [view[mine] for view in data["dino_teacher"]]
+    loss = dino_loss(student, teacher, data["dino_center"], 0.1, 0.04)
+    loss.backward()
+    result["dino"] = (loss.detach(), [s.grad for s in student], update_center(data["dino_center"], torch.cat(teacher), 0.9))
+    features = data["z_a"][mine].clone().requires_grad_()
+    loss = koleo_loss(features)
+    loss.backward()
+    result["koleo"] = (loss.detach(), features.grad)
     return result
 
 
@@ -214,6 +229,28 @@ def test_moco_with_shuffle_bn_on_two_ranks_equals_one_process_with_twice_the_gro
             assert_grad_close(r["moco"][step]["conv_grad"], reference["conv_grad"])
             torch.testing.assert_close(r["moco"][step]["queue"], reference["queue"], **CLOSE)
     assert int(moco.queue_filled) == 12  # step 1 queued 8 keys, so step 2 had queued negatives
+
+
+def test_dino_loss_and_centre_on_two_ranks_equal_the_global_batch(ranks, data):
+    student = [view.clone().requires_grad_() for view in data["dino_student"]]
+    teacher = list(data["dino_teacher"])
+    loss = dino_loss(student, teacher, data["dino_center"], 0.1, 0.04)
+    loss.backward()
+    torch.testing.assert_close(mean_over_ranks([r["dino"][0] for r in ranks]), loss.detach(), **CLOSE)
+    center = update_center(data["dino_center"], torch.cat(teacher), 0.9)
+    for rank, r in enumerate(ranks):
+        for got, view in zip(r["dino"][1], student, strict=True):
+            assert_grad_close(got / WORLD_SIZE, halves(view.grad)[rank])
+        torch.testing.assert_close(r["dino"][2], center, **CLOSE)  # the same centre on every rank
+
+
+def test_koleo_on_two_ranks_equals_the_global_batch(ranks, data):
+    features = data["z_a"].clone().requires_grad_()
+    loss = koleo_loss(features)
+    loss.backward()
+    torch.testing.assert_close(mean_over_ranks([r["koleo"][0] for r in ranks]), loss.detach(), **CLOSE)
+    for rank, r in enumerate(ranks):
+        assert_grad_close(r["koleo"][1] / WORLD_SIZE, halves(features.grad)[rank])
 
 
 def fail_on_rank_one(rank: int, world_size: int) -> None:

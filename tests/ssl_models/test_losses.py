@@ -14,10 +14,14 @@ import torch
 from ssl_models.losses import (
     barlow_twins_loss,
     byol_loss,
+    dino_loss,
+    ibot_patch_loss,
     info_nce_loss,
+    koleo_loss,
     masked_mse_loss,
     negative_cosine_similarity,
     nt_xent_loss,
+    update_center,
     vicreg_loss,
 )
 
@@ -276,3 +280,125 @@ def test_masked_mse_ignores_visible_positions():
     assert masked_mse_loss(pred, target, mask).item() == 0
     pred[0, 0] = torch.tensor([1.0, 2.0, 3.0])  # (1 + 4 + 9) / 3 on the one hidden patch
     assert masked_mse_loss(pred, target, mask).item() == pytest.approx(14 / 3)
+
+
+# --- DINO, iBOT, KoLeo ---------------------------------------------------------------------
+
+
+def softmax_row(logits: list[float], t: float) -> list[float]:
+    top = max(x / t for x in logits)
+    e = [math.exp(x / t - top) for x in logits]
+    return [x / sum(e) for x in e]
+
+
+def cross_entropy_rows(target: list[float], logits: list[float], t: float) -> float:
+    """- sum_k p_k log softmax(logits / t)_k, written out."""
+    log_norm = math.log(sum(math.exp(x / t) for x in logits))
+    return -sum(p * (x / t - log_norm) for p, x in zip(target, logits, strict=True))
+
+
+def dino_reference(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor, ts: float, tt: float) -> float:
+    c = center.double().flatten().tolist()
+    terms = []
+    for g, t in enumerate(teacher):
+        for v, s in enumerate(student):
+            if v == g:
+                continue
+            per_image = []
+            for t_row, s_row in zip(rows(t), rows(s), strict=True):
+                target = softmax_row([x - ck for x, ck in zip(t_row, c, strict=True)], tt)
+                per_image.append(cross_entropy_rows(target, s_row, ts))
+            terms.append(mean(per_image))
+    return mean(terms)
+
+
+@pytest.fixture
+def dino_views() -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    student = [torch.randn(5, 7, generator=g, dtype=torch.float64) for _ in range(4)]  # 2 global + 2 local
+    teacher = [torch.randn(5, 7, generator=g, dtype=torch.float64) for _ in range(2)]
+    return student, teacher, torch.randn(1, 7, generator=g, dtype=torch.float64)
+
+
+def test_dino_loss_matches_the_formula(dino_views):
+    student, teacher, center = dino_views
+    for ts, tt in ((0.1, 0.04), (0.2, 0.07)):
+        got = dino_loss(student, teacher, center, ts, tt).item()
+        assert got == pytest.approx(dino_reference(student, teacher, center, ts, tt), rel=1e-10)
+    # Only global views: each teacher view is matched with the other student view only.
+    got = dino_loss(student[:2], teacher, center, 0.1, 0.04).item()
+    assert got == pytest.approx(dino_reference(student[:2], teacher, center, 0.1, 0.04), rel=1e-10)
+
+
+def test_dino_loss_centring_matters_and_a_constant_shift_of_the_student_does_not(dino_views):
+    student, teacher, center = dino_views
+    loss = dino_loss(student, teacher, center).item()
+    assert dino_loss(student, teacher, torch.zeros_like(center)).item() != pytest.approx(loss)
+    # softmax ignores a constant added to a row: the centre's mean part and a student shift cancel
+    assert dino_loss([s + 3 for s in student], teacher, center + 2).item() == pytest.approx(loss, rel=1e-10)
+
+
+def test_dino_loss_gradient_reaches_the_student_only(dino_views):
+    student, teacher, center = dino_views
+    student = [s.clone().requires_grad_() for s in student]
+    teacher = [t.clone().requires_grad_() for t in teacher]
+    dino_loss(student, teacher, center).backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    assert all(t.grad is None for t in teacher)
+
+
+def test_update_center_is_an_ema_of_the_teacher_mean():
+    g = torch.Generator().manual_seed(4)
+    teacher, center = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(1, 5, generator=g, dtype=torch.float64)
+    new = update_center(center, teacher, momentum=0.9)
+    for k in range(5):
+        column_mean = mean([teacher[b, k].item() for b in range(6)])
+        assert new[0, k].item() == pytest.approx(0.9 * center[0, k].item() + 0.1 * column_mean, rel=1e-12)
+    assert torch.equal(update_center(center, teacher[:0], 0.9), center)  # no rows: kept
+
+
+def test_ibot_patch_loss_matches_the_formula():
+    g = torch.Generator().manual_seed(5)
+    batch, length, k = 4, 6, 5
+    mask = torch.rand(batch, length, generator=g) < 0.5
+    mask[0] = False  # an image with nothing hidden counts as 0 in the mean over images
+    mask[1, 0] = True
+    m = int(mask.sum())
+    student, teacher = torch.randn(m, k, generator=g, dtype=torch.float64), torch.randn(m, k, generator=g, dtype=torch.float64)
+    center = torch.randn(1, k, generator=g, dtype=torch.float64)
+    c = center.flatten().tolist()
+    row, per_image = 0, []
+    for b in range(batch):
+        losses = []
+        for position in range(length):
+            if mask[b, position]:
+                target = softmax_row([x - ck for x, ck in zip(rows(teacher)[row], c, strict=True)], 0.04)
+                losses.append(cross_entropy_rows(target, rows(student)[row], 0.1))
+                row += 1
+        per_image.append(mean(losses) if losses else 0.0)
+    got = ibot_patch_loss(student, teacher, mask, center, 0.1, 0.04).item()
+    assert got == pytest.approx(mean(per_image), rel=1e-10)
+
+
+def koleo_reference(x: torch.Tensor, eps: float = 1e-8) -> float:
+    points = [[v / max(norm(u), eps) for v in u] for u in rows(x)]
+    terms = []
+    for i, p in enumerate(points):
+        nearest = max((j for j in range(len(points)) if j != i), key=lambda j: dot(p, points[j]))
+        terms.append(-math.log(math.sqrt(sum((a - b + eps) ** 2 for a, b in zip(p, points[nearest], strict=True))) + eps))
+    return mean(terms)
+
+
+def test_koleo_matches_the_formula():
+    x = torch.randn(9, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert koleo_loss(x).item() == pytest.approx(koleo_reference(x), rel=1e-6)
+
+
+def test_koleo_prefers_spread_out_features():
+    spread = torch.eye(4)  # orthogonal: every neighbour at distance sqrt(2)
+    assert koleo_loss(spread).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+    crowded = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+    assert koleo_loss(crowded).item() > koleo_loss(spread).item() + 3
+    x = torch.randn(8, 4, requires_grad=True)
+    koleo_loss(x).backward()
+    assert x.grad.abs().sum() > 0

@@ -16,9 +16,19 @@ from ssl_models.methods.inpainting import random_square_mask
 from ssl_models.methods.relative_patch import NEIGHBOURS
 from ssl_models.training import TrainSettings, pretrain
 
-TINY_KWARGS = {"resnet18_cifar": {"width": 4}, "vit_tiny": {"dim": 32, "depth": 1, "heads": 2}}
+TINY_KWARGS = {
+    "resnet18_cifar": {"width": 4},
+    "vit_tiny": {"dim": 32, "depth": 1, "heads": 2},
+    "vit_small": {"dim": 32, "depth": 1, "heads": 2},
+}
 CASES = [(name, backbone) for name, cls in METHODS.items() for backbone in cls.backbones]
-MOMENTUM = {"moco": ("key_encoder", "key_projector"), "byol": ("target_encoder", "target_projector")}
+MOMENTUM = {
+    "moco": ("key_encoder", "key_projector"),
+    "byol": ("target_encoder", "target_projector"),
+    "dino": ("teacher_encoder", "teacher_head"),
+    "ibot": ("teacher_encoder", "teacher_head"),
+}
+ONLINE_HEAD = {"dino": "head", "ibot": "head"}  # the online module the target's second part copies; else "projector"
 
 
 def tiny_method(name: str, backbone: str | None = None, **hparams):
@@ -44,13 +54,16 @@ def test_the_expected_methods_are_registered():
         "relative_patch",
         "colorization",
         "inpainting",
+        "dino",
+        "ibot",
     }
     assert expected <= set(METHODS)
     assert default_backbone("mae") == "vit_tiny"
+    assert default_backbone("ibot") == "vit_tiny"
     for cls in METHODS.values():
         doc = sys.modules[cls.__module__].__doc__ or ""
         assert "Backbones:" in doc and "Kept after training" in doc, cls.__module__
-        assert set(cls.backbones) <= {"resnet18_cifar", "vit_tiny"}
+        assert set(cls.backbones) <= {"resnet18_cifar", "vit_tiny", "vit_small"}
         assert isinstance(getattr(cls, "recommended", {}), dict)
 
 
@@ -79,11 +92,11 @@ def test_pretrain_runs_each_method(name):
     assert len(history) == 1 and math.isfinite(history[0].loss)
 
 
-@pytest.mark.parametrize(("name", "hparams"), [("moco", {"cosine_momentum": True}), ("byol", {})])
+@pytest.mark.parametrize(("name", "hparams"), [("moco", {"cosine_momentum": True}), ("byol", {}), ("dino", {}), ("ibot", {})])
 def test_momentum_targets_follow_the_online_network(name, hparams, images):
     method = tiny_method(name, **hparams)
     target_encoder, target_projector = (getattr(method, a) for a in MOMENTUM[name])
-    online = [*method.encoder.parameters(), *method.projector.parameters()]
+    online = [*method.encoder.parameters(), *getattr(method, ONLINE_HEAD.get(name, "projector")).parameters()]
     target = [*target_encoder.parameters(), *target_projector.parameters()]
     # A copy at the start, and not trainable: the optimiser never sees it.
     assert all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
@@ -102,7 +115,7 @@ def test_momentum_targets_follow_the_online_network(name, hparams, images):
     assert before > 0
     method.after_step(0.0)  # progress 0: momentum at its base value
     after = distance()
-    base = method.base_momentum if name == "moco" else method.tau_base
+    base = method.tau_base if name == "byol" else method.base_momentum
     assert after == pytest.approx(base * before, rel=1e-4)  # t - o shrinks by exactly m
     method.after_step(1.0)  # the cosine schedule reaches 1: the target stops moving
     assert distance() == pytest.approx(after, rel=1e-6)
@@ -336,4 +349,135 @@ def test_momentum_helper_is_an_ema_with_a_cosine_schedule():
     update_momentum([online], [target], 0.9)
     assert torch.allclose(target.weight, 0.9 * before + 0.1 * online.weight)
     assert cosine_schedule(0.99, 0.0) == pytest.approx(0.99) and cosine_schedule(0.99, 1.0) == pytest.approx(1.0)
-    assert [m for m in METHODS if hasattr(METHODS[m], "after_step")] == ["moco", "byol"]
+    assert [m for m in METHODS if hasattr(METHODS[m], "after_step")] == ["moco", "byol", "dino", "ibot"]
+
+
+# --- DINO and iBOT ----------------------------------------------------------------------
+
+
+def with_local_crops(name: str, backbone: str, crops: int):
+    views = ViewPolicy(local_crops=crops, local_size=16)
+    return build_method(name, Encoder(backbone, TINY_KWARGS[backbone]), views)
+
+
+def test_dino_teacher_sees_the_global_views_and_the_student_every_view(images, monkeypatch):
+    method = with_local_crops("dino", "resnet18_cifar", 3)
+    seen = {"student": [], "teacher": []}
+    for role, encoder in (("student", method.encoder), ("teacher", method.teacher_encoder)):
+        original = encoder.forward
+        monkeypatch.setattr(encoder, "forward", lambda x, role=role, original=original: seen[role].append(tuple(x.shape)) or original(x))
+    out = method.training_step(images)
+    assert seen["teacher"] == [(16, 3, 32, 32)]  # the 2 global views, once
+    assert seen["student"] == [(16, 3, 32, 32), (24, 3, 16, 16)]  # global views, then the 3 local crops
+    assert out.embeddings.shape == (8, method.head.last_layer.shape[1])  # the bottleneck of the first global view
+
+
+@pytest.mark.parametrize(("name", "backbone"), [("dino", "vit_tiny"), ("ibot", "vit_tiny"), ("dino", "vit_small")])
+def test_local_crops_on_a_vit(name, backbone, images):
+    method = with_local_crops(name, backbone, 2)
+    out = method.training_step(images)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_dino_centre_follows_the_teacher_mean_and_schedules_follow_progress(images):
+    method = tiny_method("dino", center_momentum=0.9, teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_temp_warmup=0.5)
+    assert torch.equal(method.center, torch.zeros_like(method.center))
+    with torch.no_grad():
+        method.training_step(images)
+    assert method.center.abs().sum() > 0
+    from ssl_models.losses.dino import teacher_temperature
+
+    assert teacher_temperature(0.0, 0.04, 0.07, 0.5) == pytest.approx(0.04)
+    assert teacher_temperature(0.25, 0.04, 0.07, 0.5) == pytest.approx(0.055)
+    assert teacher_temperature(0.9, 0.04, 0.07, 0.5) == pytest.approx(0.07)
+    assert teacher_temperature(0.0, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+    method.after_step(0.3)
+    assert float(method.progress) == pytest.approx(0.3)
+    clone = tiny_method("dino")
+    clone.load_state_dict(method.state_dict())  # the centre and the progress resume with a checkpoint
+    assert torch.equal(clone.center, method.center) and float(clone.progress) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["dino", "ibot"])
+def test_the_last_layer_is_frozen_for_the_first_part_of_training(name, images):
+    method = tiny_method(name, freeze_last_layer=0.1)
+    assert method.find_unused_parameters  # DDP: the frozen layer has no gradient
+    method.training_step(images).loss.backward()
+    assert method.head.last_layer.grad is None
+    assert any(p.grad is not None for p in method.head.mlp.parameters())
+    method.zero_grad(set_to_none=True)
+    method.after_step(0.1)
+    method.training_step(images).loss.backward()
+    assert method.head.last_layer.grad is not None and method.head.last_layer.grad.abs().sum() > 0
+    assert not tiny_method(name).find_unused_parameters
+
+
+def test_dino_head_prototypes_are_unit_vectors():
+    from ssl_models.heads import DINOHead
+
+    head = DINOHead(16, 32, 8, 64)
+    with torch.no_grad():
+        head.last_layer.mul_(7.0)  # the norm of V does not matter: the layer is weight-normalised
+    logits = head(torch.randn(5, 16))
+    assert logits.shape == (5, 64) and logits.abs().max() <= 1 + 1e-6
+    assert torch.allclose(head.project(torch.randn(5, 16)).norm(dim=1), torch.ones(5))
+
+
+def test_dino_koleo_weight_adds_the_regulariser(images):
+    torch.manual_seed(0)
+    plain = tiny_method("dino").training_step(images).loss
+    torch.manual_seed(0)
+    with_koleo = tiny_method("dino", koleo_weight=0.1).training_step(images).loss
+    assert with_koleo.item() != pytest.approx(plain.item())
+
+
+def test_ibot_needs_a_vit():
+    with pytest.raises(ValueError, match="ViT"):
+        build_method("ibot", Encoder("resnet18_cifar", {"width": 4}), ViewPolicy())
+
+
+def test_ibot_masks_only_the_students_patches(images, monkeypatch):
+    method = tiny_method("ibot", mask_prob=1.0, mask_ratio=(0.3, 0.3))
+    calls = []
+    for role, vit in (("student", method.encoder.backbone), ("teacher", method.teacher_encoder.backbone)):
+        original = vit.forward_tokens
+        monkeypatch.setattr(vit, "forward_tokens", lambda x, *a, role=role, original=original: calls.append((role, a)) or original(x, *a))
+    out = method.training_step(images)
+    (teacher_role, teacher_args), (student_role, student_args) = calls
+    assert (teacher_role, teacher_args) == ("teacher", ())
+    mask, token = student_args
+    assert student_role == "student" and token is method.mask_token
+    assert mask.shape == (16, 64) and all(16 <= hidden <= 19 for hidden in mask.sum(1).tolist())  # about 30% of 64
+    out.loss.backward()
+    assert method.mask_token.grad is not None and method.mask_token.grad.abs().sum() > 0
+    assert method.patch_center.abs().sum() > 0
+
+
+def test_block_masks():
+    from ssl_models.masking import block_mask, block_masks
+
+    torch.manual_seed(0)
+    for grid, num in ((8, 6), (8, 32), (14, 98)):
+        mask = block_mask(grid, num)
+        assert mask.shape == (grid, grid) and 0 < mask.sum() <= num
+        assert mask.sum() >= num - 3  # rectangles fill the target all but a corner
+    masks = block_masks(400, 8, ratio=(0.1, 0.5), prob=0.5)
+    hidden = masks.sum(1)
+    assert masks.shape == (400, 64)
+    assert 0.4 < (hidden > 0).float().mean() < 0.6  # about half the images
+    assert hidden[hidden > 0].min() >= 4 and hidden.max() <= 32
+    # Blocks: a hidden patch mostly has a hidden neighbour (random scattering would give ~30%).
+    grid = masks.view(400, 8, 8)
+    right = grid[:, :, :-1] & grid[:, :, 1:]
+    below = grid[:, :-1, :] & grid[:, 1:, :]
+    with_neighbour = torch.zeros_like(grid)
+    with_neighbour[:, :, :-1] |= right
+    with_neighbour[:, :, 1:] |= right
+    with_neighbour[:, :-1, :] |= below
+    with_neighbour[:, 1:, :] |= below
+    assert (with_neighbour & grid).sum() / grid.sum() > 0.9
+    torch.manual_seed(1)
+    again = block_masks(400, 8)
+    torch.manual_seed(1)
+    assert torch.equal(again, block_masks(400, 8))  # reproducible from torch's seed

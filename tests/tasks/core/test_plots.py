@@ -76,3 +76,14 @@ def test_label_efficiency_values_do_not_overlap(tmp_path, monkeypatch):
     for i, a in enumerate(boxes):
         for b in boxes[i + 1 :]:
             assert not a.overlaps(b), "two value labels print over each other"
+
+
+def test_augment_preview_shows_local_crops_as_rows_of_their_own(tmp_path, monkeypatch):
+    saved = _texts(monkeypatch)
+    images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    crops = [images[:, :, :16, :16], images[:, :, 16:, 16:]]
+    plots.augment_preview(images, images, images, tmp_path / "preview.png", local_views=crops)
+    axes = np.array(saved["fig"].axes).reshape(5, 4)
+    assert [axes[r][0].get_ylabel() for r in range(5)] == ["original", "view 1", "view 2", "local 1", "local 2"]
+    assert axes[3][0].images[0].get_array().shape == (16, 16, 3)
+    assert "2 local crops" in saved["fig"].texts[0].get_text()
