@@ -127,6 +127,15 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum (or max) of ``x`` over the ranks, in place and returned, no gradients (e.g. the
+    Sinkhorn-Knopp sums); ``x`` itself with one process."""
+    if world()[1] > 1:
+        dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return x
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's picklable ``obj``, by rank (e.g. RNG states for a checkpoint); ``[obj]``
     with one process. A collective: every rank must call it at the same point."""
@@ -242,6 +251,7 @@ def wrap_for_training(method: nn.Module, device: torch.device | str | None = Non
 
 __all__ = [
     "SyncBatchNorm",
+    "all_reduce",
     "all_reduce_with_grad",
     "broadcast_from_main",
     "convert_sync_batchnorm",

@@ -7,6 +7,8 @@ SimCLR (Chen et al., 2020) showed that the loss is best computed on a projection
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -72,3 +74,29 @@ class ConvDecoder(nn.Sequential):
             channels = hidden_channels
         layers.append(nn.Conv2d(channels, output_channels, 1))
         super().__init__(*layers)
+
+
+class Prototypes(nn.Module):
+    """SwAV's prototypes: K trainable unit vectors; scores are cosine similarities.
+
+    ``forward(z)`` takes l2-normalised embeddings (N, D) and returns (N, K) scores
+    ``z @ C.T`` with C the prototypes normalised to unit length. With ``frozen=True`` the
+    scores carry no gradient to C (SwAV freezes the prototypes in the first iterations, so
+    the randomly initialised codes do not chase moving targets); C stays in the graph
+    with a zero gradient, which keeps DDP's every-parameter-gets-a-gradient contract.
+
+    >>> protos = Prototypes(128, 100)
+    >>> protos(F.normalize(torch.randn(8, 128), dim=1)).shape  # doctest: +SKIP
+    torch.Size([8, 100])
+    """
+
+    def __init__(self, dim: int, count: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(count, dim))
+        nn.init.normal_(self.weight)
+
+    def forward(self, z: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        c = F.normalize(self.weight, dim=1)  # (K, D)
+        if frozen:
+            c = c.detach() + 0 * c  # the same values; a zero gradient
+        return z @ c.T
