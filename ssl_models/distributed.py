@@ -176,7 +176,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]  # every dim but the channels
         shape = [1, -1] + [1] * (x.dim() - 2)
-        x_in, x = x, x.float()  # statistics in float32, also under autocast
+        x_in, x = x, x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32, also under autocast
         count = all_reduce_with_grad(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = all_reduce_with_grad(x.sum(dims)) / count  # (C,)
         var = all_reduce_with_grad(((x - mean.view(shape)) ** 2).sum(dims)) / count  # biased, as BN

@@ -31,10 +31,11 @@ from ssl_models.distributed import all_reduce
 
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> torch.Tensor:
-    """scores (n, K) -> codes (n, K), float32, every row a distribution over the K prototypes."""
-    scores = scores.float()
+    """scores (n, K) -> codes (n, K), every row a distribution over the K prototypes; in
+    float32 at least (bf16 scores under autocast would lose the small codes)."""
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     n, k = scores.shape
-    total_rows = all_reduce(torch.tensor(float(n), device=scores.device))
+    total_rows = all_reduce(torch.tensor(float(n), device=scores.device, dtype=scores.dtype))
     peak = all_reduce(scores.max().clone(), op="max")
     q = torch.exp((scores - peak) / eps)  # (n, K)
     q /= all_reduce(q.sum())

@@ -32,6 +32,6 @@ import torch.nn.functional as F
 def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
     """scores: one (N, K) tensor per view, the global views first; codes: one (N, K) per
     global view (``codes[i]`` for ``scores[i]``), rows summing to 1. Returns a scalar."""
-    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
+    log_p = [F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)) / temperature, dim=1) for s in scores]
     terms = [-(q * log_p[v]).sum(dim=1).mean() for i, q in enumerate(codes) for v in range(len(scores)) if v != i]
     return torch.stack(terms).mean()
