@@ -5,11 +5,16 @@ does (uint8 data on the device, batched views), and reports images/s after a war
 step and peak resident memory (peak CUDA memory on a GPU).
 
     python benchmarks/bench_training.py [--methods simclr,moco] [--width 16] [--batch 256] [--steps 6]
+        [--size 224] [--local-crops 4]
+
+``--size`` upsamples the 32 px sample (the cost, not the content, is what is measured);
+``--local-crops`` adds multi-crop views for the methods that take them (augment.local_crops).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -19,20 +24,26 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import load_sample, save_result
-from ssl_models.augment import ViewPolicy
+from ssl_models.augment import recipe_for_size
 from ssl_models.encoder import Encoder
 from ssl_models.methods import METHODS, build_method, default_backbone
 
 
-def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> dict:
+def measure(
+    name: str, images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device, size: int = 32, local_crops: int = 0
+) -> dict:
     torch.manual_seed(0)
-    encoder = Encoder(default_backbone(name), {"width": width, "image_size": 32}, 32)
-    method = build_method(name, encoder, ViewPolicy()).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    encoder = Encoder(default_backbone(name), {"width": width, "image_size": size}, size)
+    views = dataclasses.replace(recipe_for_size(size), local_crops=local_crops if hasattr(METHODS[name], "local_crops") else 0)
+    method = build_method(name, encoder, views).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     data = images.to(device)
+    if size != images.shape[-1]:
+        data = F.interpolate(data.float(), size=size, mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -55,7 +66,7 @@ def measure(name: str, images: torch.Tensor, width: int, batch: int, steps: int,
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": name, "images_per_s": steps * batch / elapsed, "peak_mb": peak}
+    return {"method": name, "size": size, "local_crops": views.local_crops, "images_per_s": steps * batch / elapsed, "peak_mb": peak}
 
 
 def main() -> None:
@@ -64,24 +75,28 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--size", type=int, default=32, help="image size, px (the sample is upsampled)")
+    parser.add_argument("--local-crops", type=int, default=0, help="multi-crop views, for methods that take them")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one method, print JSON
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.one:
         images = load_sample(max(args.batch * 2, 512))
-        print(json.dumps(measure(args.one, images, args.width, args.batch, args.steps, device)))
+        print(json.dumps(measure(args.one, images, args.width, args.batch, args.steps, device, args.size, args.local_crops)))
         return
     rows = []
     for name in args.methods.split(","):
         # A fresh process per method, so peak memory is that method's alone.
         cmd = [sys.executable, __file__, "--one", name, "--width", str(args.width), "--batch", str(args.batch), "--steps", str(args.steps)]
+        cmd += ["--size", str(args.size), "--local-crops", str(args.local_crops)]
         row = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         print(f"{row['method']:<16} {row['images_per_s']:>8.0f} img/s   peak {row['peak_mb']:>7.0f} MB", flush=True)
         rows.append(row)
-    save_result(f"training-{device.type}", {
+    save_result(f"training-{device.type}{args.tag}", {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "width": args.width,
-        "batch": args.batch, "steps": args.steps, "rows": rows,
+        "batch": args.batch, "steps": args.steps, "size": args.size, "local_crops": args.local_crops, "rows": rows,
     })  # fmt: skip
     print(json.dumps(rows))
 

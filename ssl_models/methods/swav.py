@@ -26,8 +26,10 @@ same on every rank) is split among the ranks for Sinkhorn (rank r takes rows r, 
 so every queued row counts once, as in one process with the whole batch.
 
 Multi-crop: the local crops (``views.local_views``, ``augment.local_crops``) only predict;
-codes come from the two global views, as in the paper. Default 0 local crops at our budget
-(docs/methods.md: they did not pay at equal wall time on the 2-core CPU at 32 px).
+codes come from the two global views, as in the paper. Default 0 local crops: at 32 px a
+16 px crop costs about a quarter of a view, so 4 of them double a step, and at the
+pipeline's budget of a few epochs that has not been shown to pay (docs/methods.md); the
+paper's 2x224 + 6x96 is the recipe for long runs on a GPU (``augment.local_crops=6``).
 
 Backbones: the CIFAR ResNet-18 (local crops have another size than the global views; the
 ViT's fixed position grid does not take them).
