@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import load_sample, save_result
@@ -41,8 +42,10 @@ def measure(
     crops = local_crops if getattr(METHODS[name], "local_crops", None) is not None else 0
     views = dataclasses.replace(recipe_for_size(size), local_crops=crops) if size != 32 or crops else ViewPolicy()
     method = build_method(name, encoder, views).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     data = images.to(device)
+    if size != images.shape[-1]:
+        data = F.interpolate(data.float(), size=size, mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--local-crops", type=int, default=0)
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one method, print JSON
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,6 +99,7 @@ def main() -> None:
     name += f"-local{args.local_crops}" if args.local_crops else ""
     if args.methods != ",".join(METHODS):  # a subset: its own file, the full table is kept
         name += "-" + args.methods.replace(",", "-")
+    name += args.tag
     save_result(name, {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "width": args.width,

@@ -127,6 +127,15 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum (or max) of ``x`` over the ranks, in place and returned, no gradients (e.g. the
+    Sinkhorn-Knopp sums); ``x`` itself with one process."""
+    if world()[1] > 1:
+        dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return x
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's picklable ``obj``, by rank (e.g. RNG states for a checkpoint); ``[obj]``
     with one process. A collective: every rank must call it at the same point."""
@@ -167,7 +176,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]  # every dim but the channels
         shape = [1, -1] + [1] * (x.dim() - 2)
-        x_in, x = x, x.float()  # statistics in float32, also under autocast
+        x_in, x = x, x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32, also under autocast
         count = all_reduce_with_grad(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = all_reduce_with_grad(x.sum(dims)) / count  # (C,)
         var = all_reduce_with_grad(((x - mean.view(shape)) ** 2).sum(dims)) / count  # biased, as BN
@@ -242,6 +251,7 @@ def wrap_for_training(method: nn.Module, device: torch.device | str | None = Non
 
 __all__ = [
     "SyncBatchNorm",
+    "all_reduce",
     "all_reduce_with_grad",
     "broadcast_from_main",
     "convert_sync_batchnorm",

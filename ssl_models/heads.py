@@ -120,3 +120,29 @@ class DINOHead(nn.Module):
 
     def forward(self, h: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
         return self.prototypes(self.project(h), freeze_last_layer)
+
+
+class Prototypes(nn.Module):
+    """SwAV's prototypes: K trainable unit vectors; scores are cosine similarities.
+
+    ``forward(z)`` takes l2-normalised embeddings (N, D) and returns (N, K) scores
+    ``z @ C.T`` with C the prototypes normalised to unit length. With ``frozen=True`` the
+    scores carry no gradient to C (SwAV freezes the prototypes in the first iterations, so
+    the randomly initialised codes do not chase moving targets); C stays in the graph
+    with a zero gradient, which keeps DDP's every-parameter-gets-a-gradient contract.
+
+    >>> protos = Prototypes(128, 100)
+    >>> protos(F.normalize(torch.randn(8, 128), dim=1)).shape  # doctest: +SKIP
+    torch.Size([8, 100])
+    """
+
+    def __init__(self, dim: int, count: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(count, dim))
+        nn.init.normal_(self.weight)
+
+    def forward(self, z: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        c = F.normalize(self.weight, dim=1)  # (K, D)
+        if frozen:
+            c = c.detach() + 0 * c  # the same values; a zero gradient
+        return z @ c.T

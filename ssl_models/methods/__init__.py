@@ -16,10 +16,13 @@ from ssl_models.methods.inpainting import Inpainting
 from ssl_models.methods.mae import MAE
 from ssl_models.methods.mlm import MLM
 from ssl_models.methods.moco import MoCo
+from ssl_models.methods.mocov3 import MoCoV3
+from ssl_models.methods.nnclr import NNCLR
 from ssl_models.methods.relative_patch import RelativePatchLocation
 from ssl_models.methods.rotation import RotationPrediction
 from ssl_models.methods.simclr import SimCLR
 from ssl_models.methods.simsiam import SimSiam
+from ssl_models.methods.swav import SwAV
 from ssl_models.methods.vicreg import VICReg
 
 METHODS: dict[str, type] = {
@@ -36,6 +39,9 @@ METHODS: dict[str, type] = {
     "inpainting": Inpainting,
     "dino": DINO,
     "ibot": IBOT,
+    "swav": SwAV,
+    "nnclr": NNCLR,
+    "mocov3": MoCoV3,
 }
 
 # Methods over token ids (ssl_models/text.py's TextEncoder), kept apart from the image methods:

@@ -39,6 +39,10 @@ separated: which of the reference's differences (views, summed loss = 2x lr) gav
 higher kNN on seed 0. Heads 128 wide (``hidden_dim=128``) gave kNN 0.275 / probe
 0.315 on seed 1 but kNN 0.232 / probe 0.252 on seed 0.
 
+Multi-crop (``augment.local_crops`` > 0, off by default): the online network's prediction
+of each local crop must also match both global views' targets (the targets see only the
+global views); the loss averages every (prediction, target) pair.
+
 Backbones: any CNN or ViT encoder (defaults to the CIFAR ResNet-18).
 Kept after training: ``encoder`` (the online encoder; projector, predictor and the
 target network are dropped). Optimiser: the pipeline default (SGD, lr 0.3 per 256,
@@ -48,6 +52,7 @@ cosine) is used; the paper uses LARS, lr 0.2 per 256, wd 1.5e-6.
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -62,6 +67,7 @@ from ssl_models.momentum import cosine_schedule, update_momentum
 
 class BYOL(nn.Module):
     backbones = ("resnet18_cifar", "vit_tiny")
+    local_crops: ClassVar[int] = 0  # local crops as extra positives only when augment.local_crops > 0
     # Several processes: BN statistics of the global batch, as the paper (BYOL relies on BN's batch statistics).
     sync_batchnorm = True
 
@@ -98,6 +104,11 @@ class BYOL(nn.Module):
             t_a = self.target_projector(self.target_encoder(x_a))  # (B, D)
             t_b = self.target_projector(self.target_encoder(x_b))
         loss = (byol_loss(p_a, t_b) + byol_loss(p_b, t_a)) / 2
+        local = self.views.local_views(images)
+        if local:  # each local crop's prediction against both global targets
+            p_local = [self.predictor(self.projector(self.encoder(x))) for x in local]
+            pairs = [byol_loss(p_l, t) for p_l in p_local for t in (t_a, t_b)]
+            loss = (2 * loss + sum(pairs)) / (2 + len(pairs))
         return StepOutput(loss, z_a.detach())
 
     @torch.no_grad()

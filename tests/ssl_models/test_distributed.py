@@ -32,9 +32,13 @@ from ssl_models.distributed import (
 )
 from ssl_models.encoder import Encoder
 from ssl_models.launch import WorkerFailed, already_launched, launch, resolve_processes
-from ssl_models.losses import dino_loss, info_nce_loss, koleo_loss, nt_xent_loss, update_center
+from ssl_models.losses import dino_loss, info_nce_loss, koleo_loss, mocov3_loss, nnclr_loss, nt_xent_loss, swav_loss, update_center
 from ssl_models.methods.moco import MoCo
+from ssl_models.methods.mocov3 import MoCoV3
+from ssl_models.methods.nnclr import NNCLR
 from ssl_models.methods.simclr import SimCLR
+from ssl_models.methods.swav import SwAV
+from ssl_models.sinkhorn import sinkhorn
 
 WORLD_SIZE = 2
 BATCH = 8  # global; 4 per rank
@@ -56,6 +60,8 @@ def fixed_inputs() -> dict[str, torch.Tensor]:
         "z_a": torch.randn(BATCH, 16, generator=g),
         "z_b": torch.randn(BATCH, 16, generator=g),
         "queue": torch.randn(12, 16, generator=g),
+        "z_local": torch.randn(BATCH, 16, generator=g),
+        "prototypes": torch.randn(5, 16, generator=g),
         "images": torch.rand(BATCH, 3, 32, 32, generator=g),
         "view_a": torch.rand(BATCH, 3, 32, 32, generator=g),
         "view_b": torch.rand(BATCH, 3, 32, 32, generator=g),
@@ -77,6 +83,9 @@ class FixedViews:
         self.calls += 1
         assert view.shape[0] == images.shape[0]
         return view
+
+    def local_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return []  # multi-crop off
 
 
 def tiny_simclr(view_a: torch.Tensor, view_b: torch.Tensor) -> SimCLR:
@@ -158,7 +167,73 @@ def numeric_worker(rank: int, world_size: int, data: dict[str, torch.Tensor]) ->
     loss = koleo_loss(features)
     loss.backward()
     result["koleo"] = (loss.detach(), features.grad)
+    # SwAV, NNCLR, MoCo v3: Sinkhorn, the losses, and the methods (queue / support set) under DDP.
+    result["sinkhorn"] = sinkhorn(swav_scores(data, mine)[0][0].detach())
+    result.update(new_losses(data, mine))
+    for name in NEW_METHODS:
+        method = tiny_new_method(name, data["view_a"][mine], data["view_b"][mine])
+        result[name] = two_steps(method, wrap_for_training(method, "cpu"), data["images"][mine].double(), NEW_METHODS[name])
     return result
+
+
+# The buffer each method fills across processes (compared with one process), or None.
+NEW_METHODS = {"swav": "queue.queue", "nnclr": "support.queue", "mocov3": None}
+
+
+def swav_scores(data: dict[str, torch.Tensor], rows: slice) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Scores of 3 views (2 global, 1 local) against the prototypes, with gradients, and the leaves."""
+    leaves = [data[k][rows].clone().requires_grad_() for k in ("z_a", "z_b", "z_local")]
+    c = torch.nn.functional.normalize(data["prototypes"], dim=1)
+    return [torch.nn.functional.normalize(z, dim=1) @ c.T for z in leaves], leaves
+
+
+def new_losses(data: dict[str, torch.Tensor], rows: slice) -> dict[str, tuple]:
+    """SwAV (with Sinkhorn codes), NNCLR and MoCo v3 losses on raw embeddings: (loss, grads)."""
+    out = {}
+    scores, leaves = swav_scores(data, rows)
+    loss = swav_loss(scores, [sinkhorn(s.detach()) for s in scores[:2]], temperature=0.1)
+    loss.backward()
+    out["swav_loss"] = (loss.detach(), *(z.grad for z in leaves))
+    neighbours, p = data["z_a"][rows].clone(), data["z_b"][rows].clone().requires_grad_()
+    loss = nnclr_loss(neighbours, p, temperature=0.1)
+    loss.backward()
+    out["nnclr_loss"] = (loss.detach(), p.grad)
+    q_1, q_2 = data["z_a"][rows].clone().requires_grad_(), data["z_b"][rows].clone().requires_grad_()
+    k_1, k_2 = data["z_local"][rows], data["z_local"].flip(0)[rows]  # keys: no gradient
+    loss = mocov3_loss(q_1, q_2, k_1, k_2, temperature=0.2)
+    loss.backward()
+    out["mocov3_loss"] = (loss.detach(), q_1.grad, q_2.grad)
+    return out
+
+
+def tiny_new_method(name: str, view_a: torch.Tensor, view_b: torch.Tensor) -> nn.Module:
+    """In float64: BN over 4-8 rows in MoCo v3's 3 BN layers deep heads turns float32 rounding
+    (sums in another order across ranks) into gradient differences of 1e-3; in float64 they
+    agree to 1e-12, so the comparison can be exact to CLOSE."""
+    torch.manual_seed(0)
+    encoder = Encoder("resnet18_cifar", {"width": 4})
+    if name == "swav":  # the queue on from the start; the prototypes learn from the first step
+        method = SwAV(encoder, ViewPolicy(), 8, 16, prototypes=5, queue_size=12, queue_start=0.0, freeze_prototypes=0.0)
+    elif name == "nnclr":
+        method = NNCLR(encoder, ViewPolicy(), 8, 16, support_size=12)
+    else:
+        method = MoCoV3(encoder, ViewPolicy(), 8, 16)
+    method.views = FixedViews(view_a.double(), view_b.double())
+    return method.double()
+
+
+def two_steps(method: nn.Module, step, images: torch.Tensor, buffer: str | None) -> list[dict[str, torch.Tensor]]:
+    """Step 1: empty queue / support set; step 2: it holds step 1's rows (from every rank)."""
+    results = []
+    for _ in range(2):
+        method.zero_grad(set_to_none=True)
+        out = step(images)
+        out.loss.backward()
+        result = {"loss": out.loss.detach(), "conv_grad": first_conv(method).weight.grad.clone()}
+        if buffer:
+            result["buffer"] = method.get_buffer(buffer).clone()
+        results.append(result)
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +326,35 @@ def test_koleo_on_two_ranks_equals_the_global_batch(ranks, data):
     torch.testing.assert_close(mean_over_ranks([r["koleo"][0] for r in ranks]), loss.detach(), **CLOSE)
     for rank, r in enumerate(ranks):
         assert_grad_close(r["koleo"][1] / WORLD_SIZE, halves(features.grad)[rank])
+
+
+def test_sinkhorn_on_two_ranks_equals_sinkhorn_on_the_global_batch(ranks, data):
+    scores, _ = swav_scores(data, slice(None))
+    expected = sinkhorn(scores[0].detach())
+    torch.testing.assert_close(torch.cat([r["sinkhorn"] for r in ranks]), expected, **CLOSE)
+
+
+@pytest.mark.parametrize("name", ["swav_loss", "nnclr_loss", "mocov3_loss"])
+def test_new_losses_on_two_ranks_equal_the_loss_of_the_global_batch(ranks, data, name):
+    expected = new_losses(data, slice(None))[name]
+    torch.testing.assert_close(mean_over_ranks([r[name][0] for r in ranks]), expected[0], **CLOSE)
+    for grad in range(1, len(expected)):
+        for rank, r in enumerate(ranks):
+            assert_grad_close(r[name][grad] / WORLD_SIZE, halves(expected[grad])[rank])
+
+
+@pytest.mark.parametrize("name", list(NEW_METHODS))
+def test_new_methods_on_two_ranks_equal_one_process(ranks, data, name):
+    method = tiny_new_method(name, data["view_a"], data["view_b"])
+    expected = two_steps(method, method.training_step, data["images"].double(), NEW_METHODS[name])
+    for step, reference in enumerate(expected):
+        torch.testing.assert_close(mean_over_ranks([r[name][step]["loss"] for r in ranks]), reference["loss"], **CLOSE)
+        for r in ranks:
+            assert_grad_close(r[name][step]["conv_grad"], reference["conv_grad"])
+            if NEW_METHODS[name]:  # filled with both ranks' rows: the same as one process's
+                torch.testing.assert_close(r[name][step]["buffer"], reference["buffer"], **CLOSE)
+    if NEW_METHODS[name]:  # step 1 stored 8 rows, so step 2 used them
+        assert int(method.get_buffer(NEW_METHODS[name].rsplit(".", 1)[0] + ".filled")) == 12
 
 
 def fail_on_rank_one(rank: int, world_size: int) -> None:

@@ -19,11 +19,16 @@ from ssl_models.losses import (
     info_nce_loss,
     koleo_loss,
     masked_mse_loss,
+    mocov3_loss,
+    nearest_neighbour,
     negative_cosine_similarity,
+    nnclr_loss,
     nt_xent_loss,
+    swav_loss,
     update_center,
     vicreg_loss,
 )
+from ssl_models.sinkhorn import sinkhorn
 
 
 def rows(x: torch.Tensor) -> list[list[float]]:
@@ -402,3 +407,126 @@ def test_koleo_prefers_spread_out_features():
     x = torch.randn(8, 4, requires_grad=True)
     koleo_loss(x).backward()
     assert x.grad.abs().sum() > 0
+
+
+# --- Sinkhorn-Knopp and SwAV's swapped prediction ------------------------------------------------
+
+
+def sinkhorn_reference(scores: torch.Tensor, eps: float, iterations: int) -> list[list[float]]:
+    """SwAV's Algorithm: Q = exp(S / eps), then alternately rows of Q^T (prototypes) to 1/K
+    and columns of Q^T (samples) to 1/N, times N at the end."""
+    s = rows(scores)
+    n, k = len(s), len(s[0])
+    q = [[math.exp(v / eps) for v in row] for row in s]
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        prototype_sums = [sum(q[i][j] for i in range(n)) for j in range(k)]
+        q = [[q[i][j] / prototype_sums[j] / k for j in range(k)] for i in range(n)]
+        sample_sums = [sum(row) for row in q]
+        q = [[v / sample_sums[i] / n for v in row] for i, row in enumerate(q)]
+    return [[v * n for v in row] for row in q]
+
+
+@pytest.fixture
+def scores() -> torch.Tensor:
+    # Cosine-like scores (|s| <= 1) in float64: 6 samples, 4 prototypes.
+    return torch.rand(6, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+
+
+def test_sinkhorn_matches_the_algorithm(scores):
+    for eps, iterations in ((0.05, 3), (0.5, 1), (0.1, 10)):
+        codes = sinkhorn(scores, eps, iterations)
+        assert codes.dtype == torch.float64
+        torch.testing.assert_close(
+            codes, torch.tensor(sinkhorn_reference(scores, eps, iterations), dtype=torch.float64), rtol=1e-10, atol=1e-12
+        )
+
+
+def test_sinkhorn_codes_are_distributions_with_equal_cluster_sizes(scores):
+    codes = sinkhorn(scores, eps=0.5, iterations=200)
+    torch.testing.assert_close(codes.sum(1), torch.ones(6, dtype=torch.float64))  # each sample: a distribution
+    torch.testing.assert_close(codes.sum(0), torch.full((4,), 6 / 4, dtype=torch.float64))  # each prototype: N / K
+    torch.testing.assert_close(sinkhorn(scores + 0.3, 0.5, 3), sinkhorn(scores, 0.5, 3))  # a shift changes nothing
+    assert torch.isfinite(sinkhorn(torch.full((3, 2), 1.0), eps=1e-3)).all()  # exp(1000) would overflow without the shift
+
+
+def swav_reference(scores: list[torch.Tensor], codes: list[torch.Tensor], t: float) -> float:
+    terms = []
+    for i, q in enumerate(codes):
+        for v, s in enumerate(scores):
+            if v == i:
+                continue
+            per_sample = []
+            for q_row, s_row in zip(rows(q), rows(s), strict=True):
+                log_z = math.log(sum(math.exp(x / t) for x in s_row))
+                per_sample.append(-sum(q_k * (s_k / t - log_z) for q_k, s_k in zip(q_row, s_row, strict=True)))
+            terms.append(mean(per_sample))
+    return mean(terms)
+
+
+def test_swav_loss_matches_the_formula():
+    g = torch.Generator().manual_seed(3)
+    views = [torch.rand(5, 4, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(4)]  # 2 global + 2 local
+    codes = [torch.softmax(torch.randn(5, 4, generator=g, dtype=torch.float64), 1) for _ in range(2)]
+    for t in (0.1, 1.0):
+        assert swav_loss(views, codes, t).item() == pytest.approx(swav_reference(views, codes, t), rel=1e-12)
+        assert swav_loss(views[:2], codes, t).item() == pytest.approx(swav_reference(views[:2], codes, t), rel=1e-12)
+
+
+def test_swav_loss_by_hand():
+    # Two views, one sample, 2 prototypes; codes one-hot on the other view's prototype.
+    # t = 1, scores (1, 0): CE = log(e + 1) - 1 when the code is on prototype 0.
+    s = [torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])]
+    q = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
+    expected = ((math.log(math.e + 1) - 1) + math.log(math.e + 1)) / 2
+    assert swav_loss(s, q, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+# --- NNCLR ---------------------------------------------------------------------------------
+
+
+def test_nnclr_loss_matches_the_formula(pair):
+    z, p = (x.double() for x in pair)
+    support = torch.randn(9, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # The neighbour, by hand: the support row of highest cosine similarity.
+    neighbours = [max(rows(support), key=lambda q, z_i=z_i: cos(z_i, q)) for z_i in rows(z)]
+    assert torch.equal(nearest_neighbour(z, support), torch.tensor(neighbours, dtype=torch.float64))
+    for t in (0.1, 0.5):
+        expected = mean(
+            [
+                -math.log(math.exp(cos(nn_i, rows(p)[i]) / t) / sum(math.exp(cos(nn_i, p_k) / t) for p_k in rows(p)))
+                for i, nn_i in enumerate(neighbours)
+            ]
+        )
+        assert nnclr_loss(nearest_neighbour(z, support), p, t).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_nnclr_loss_sends_no_gradient_into_the_neighbour(pair):
+    neighbours, p = pair[0].clone().requires_grad_(), pair[1].clone().requires_grad_()
+    nnclr_loss(neighbours, p).backward()
+    assert neighbours.grad is None and p.grad.abs().sum() > 0
+
+
+# --- MoCo v3 -------------------------------------------------------------------------------
+
+
+def test_mocov3_loss_matches_the_formula():
+    g = torch.Generator().manual_seed(5)
+    q_1, q_2, k_1, k_2 = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(4))
+
+    def ctr(q, k, t):
+        return (
+            2
+            * t
+            * mean(
+                [
+                    -math.log(math.exp(cos(q_i, rows(k)[i]) / t) / sum(math.exp(cos(q_i, k_j) / t) for k_j in rows(k)))
+                    for i, q_i in enumerate(rows(q))
+                ]
+            )
+        )
+
+    for t in (0.2, 1.0):
+        expected = ctr(q_1, k_2, t) + ctr(q_2, k_1, t)
+        assert mocov3_loss(q_1, q_2, k_1, k_2, t).item() == pytest.approx(expected, rel=1e-12)

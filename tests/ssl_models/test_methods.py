@@ -27,6 +27,7 @@ MOMENTUM = {
     "byol": ("target_encoder", "target_projector"),
     "dino": ("teacher_encoder", "teacher_head"),
     "ibot": ("teacher_encoder", "teacher_head"),
+    "mocov3": ("momentum_encoder", "momentum_projector"),
 }
 ONLINE_HEAD = {"dino": "head", "ibot": "head"}  # the online module the target's second part copies; else "projector"
 
@@ -56,6 +57,9 @@ def test_the_expected_methods_are_registered():
         "inpainting",
         "dino",
         "ibot",
+        "swav",
+        "nnclr",
+        "mocov3",
     }
     assert expected <= set(METHODS)
     assert default_backbone("mae") == "vit_tiny"
@@ -92,7 +96,10 @@ def test_pretrain_runs_each_method(name):
     assert len(history) == 1 and math.isfinite(history[0].loss)
 
 
-@pytest.mark.parametrize(("name", "hparams"), [("moco", {"cosine_momentum": True}), ("byol", {}), ("dino", {}), ("ibot", {})])
+@pytest.mark.parametrize(
+    ("name", "hparams"),
+    [("moco", {"cosine_momentum": True}), ("byol", {}), ("dino", {}), ("ibot", {}), ("mocov3", {"cosine_momentum": True})],
+)
 def test_momentum_targets_follow_the_online_network(name, hparams, images):
     method = tiny_method(name, **hparams)
     target_encoder, target_projector = (getattr(method, a) for a in MOMENTUM[name])
@@ -349,7 +356,7 @@ def test_momentum_helper_is_an_ema_with_a_cosine_schedule():
     update_momentum([online], [target], 0.9)
     assert torch.allclose(target.weight, 0.9 * before + 0.1 * online.weight)
     assert cosine_schedule(0.99, 0.0) == pytest.approx(0.99) and cosine_schedule(0.99, 1.0) == pytest.approx(1.0)
-    assert [m for m in METHODS if hasattr(METHODS[m], "after_step")] == ["moco", "byol", "dino", "ibot"]
+    assert [m for m in METHODS if hasattr(METHODS[m], "after_step")] == ["moco", "byol", "dino", "ibot", "swav", "mocov3"]
 
 
 # --- DINO and iBOT ----------------------------------------------------------------------
@@ -481,3 +488,77 @@ def test_block_masks():
     again = block_masks(400, 8)
     torch.manual_seed(1)
     assert torch.equal(again, block_masks(400, 8))  # reproducible from torch's seed
+
+
+# --- SwAV, NNCLR, MoCo v3, local crops as extra positives ----------------------------------
+
+
+def test_swav_prototypes_are_frozen_first_then_learn(images):
+    method = tiny_method("swav", freeze_prototypes=0.1)
+    method.training_step(images).loss.backward()
+    assert method.prototypes.weight.grad.abs().sum() == 0  # frozen: zero, but a gradient (DDP needs one)
+    method.zero_grad()
+    method.after_step(0.1)
+    method.training_step(images).loss.backward()
+    assert method.prototypes.weight.grad.abs().sum() > 0
+
+
+def test_swav_queue_fills_from_the_start_and_joins_sinkhorn_from_queue_start(images, monkeypatch):
+    import ssl_models.methods.swav as swav
+
+    method = tiny_method("swav", queue_size=16, queue_start=0.5)
+    rows = []
+    monkeypatch.setattr(swav, "sinkhorn", lambda s, *a: rows.append(s.shape[0]) or torch.ones_like(s) / s.shape[1])
+    method.training_step(images)
+    assert int(method.queue.filled) == 8 and rows == [8, 8]  # stored, not used yet
+    method.after_step(0.5)
+    method.training_step(images)
+    assert rows[2:] == [8 + 8, 8 + 8]  # the 8 queued rows of each global view join the batch's
+    assert int(method.queue.filled) == 16 and method.queue.queue.shape == (16, 2, 128)
+
+
+@pytest.mark.parametrize("name", ["swav", "simclr", "byol", "nnclr"])
+def test_local_crops_are_used_when_asked(name, images, monkeypatch):
+    method = tiny_method(name)
+    method.views = ViewPolicy(local_crops=2, local_size=16)
+    sizes = []
+    original = method.encoder.forward
+    monkeypatch.setattr(method.encoder, "forward", lambda x: sizes.append(tuple(x.shape)) or original(x))
+    out = method.training_step(images)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.embeddings.shape[0] == len(images)
+    assert sum(s[0] for s in sizes if s[-1] == 16) == 2 * len(images)  # both local crops were encoded
+    assert METHODS[name].local_crops == 0  # off unless asked (SwAV: by measurement)
+
+
+def test_simclr_without_local_crops_is_plain_nt_xent(images):
+    from ssl_models.losses import nt_xent_loss
+
+    method = tiny_method("simclr")
+    torch.manual_seed(3)
+    loss = method.training_step(images).loss
+    torch.manual_seed(3)
+    z = method.projector(method.encoder(torch.cat([method.views(images), method.views(images)])))
+    assert torch.equal(loss, nt_xent_loss(z[:8], z[8:], method.temperature))
+
+
+def test_nnclr_support_set_gives_the_neighbour(images):
+    from ssl_models.losses import nearest_neighbour
+
+    support = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    z = support[[3, 1]] + 0.01 * torch.randn(2, 4)
+    assert torch.equal(nearest_neighbour(z, support), support[[3, 1]])
+    method = tiny_method("nnclr", support_size=12)
+    method.training_step(images)  # empty support set: each view's own embedding is its neighbour
+    method.training_step(images)
+    assert int(method.support.filled) == 12 and int(method.support.ptr) == 4
+    assert torch.allclose(method.support.queue.norm(dim=1), torch.ones(12), atol=1e-5)
+
+
+def test_mocov3_freezes_the_vit_patch_projection_and_recommends_adamw(images):
+    method = tiny_method("mocov3", "vit_tiny")
+    assert not any(p.requires_grad for p in method.encoder.backbone.patch_embed.parameters())
+    method.training_step(images).loss.backward()
+    grads = [p.grad for p in method.encoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert METHODS["mocov3"].recommended["optimizer"] == "adamw"
