@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage, even those dvc.lock says are up to date")
     for stage in PIPELINE:
         _common(commands.add_parser(stage.name, help=stage.help, description=f"Stage '{stage.name}': {stage.help}."))
+    from flows.curation import add_commands
+
+    for curation in add_commands(commands):  # select, similar: the embed stage's index at work
+        _project(curation)
     generate = commands.add_parser(
         "generate",
         help="write dvc.yaml from the declared stages (tasks/stages.py)",
@@ -310,7 +314,17 @@ def run_registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_curation(args: argparse.Namespace) -> int:
+    """``select`` / ``similar`` (flows/curation.py)."""
+    from flows import curation
+
+    cfg = _config(args)
+    return {"select": curation.select_command, "similar": curation.similar_command}[args.command](args, cfg)
+
+
 COMMANDS = {
+    "select": run_curation,
+    "similar": run_curation,
     "run": run_pipeline,
     "serve": serve,
     "finetune": run_finetune,
@@ -328,6 +342,7 @@ EXPECTED = (
     "tasks.validation.report:DataValidationError",
     "tasks.registry.promotion:PromotionError",
     "ssl_models.training:TrainingDiverged",
+    "tasks.curation.index:CurationError",
 )
 
 
