@@ -179,6 +179,7 @@ def selection_efficiency(
     seeds), ``std``, ``min``, ``max``, ``seeds``.
     """
     classes = int(max(train_y.max(), test_y.max())) + 1
+    train_x = train_x - train_x.mean(0)  # centred as the pool's index is (tasks/curation/index.py); no labels used
     density = knn_density(train_x, k)
     rows = []
     for strategy in strategies:

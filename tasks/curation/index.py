@@ -1,7 +1,8 @@
 """The embeddings of the unlabeled pool, on disk: a faiss index plus the plain arrays beside it.
 
     data/embeddings/  (DVC-tracked; written whole or not at all)
-        embeddings.npy   (N, D) float32, l2-normalised, in pool order (written batch by batch)
+        embeddings.npy   (N, D) float32, centred on the pool mean and l2-normalised, in pool order
+        mean.npy         (D,) the pool mean (a query is centred with it too)
         index.faiss      faiss inner-product index over them (exact up to FLAT_LIMIT items, HNSW beyond)
         items.csv        path (as in the source), sha256: row i is item i
         neighbours.npy   (N, k) int64: each item's k nearest other items, most similar first
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 EMBEDDINGS_FILE, INDEX_FILE, ITEMS_FILE, META_FILE = "embeddings.npy", "index.faiss", "items.csv", "meta.json"
-NEIGHBOURS_FILE, SIMILARITIES_FILE = "neighbours.npy", "similarities.npy"
+NEIGHBOURS_FILE, SIMILARITIES_FILE, MEAN_FILE = "neighbours.npy", "similarities.npy", "mean.npy"
 FLAT_LIMIT = 200_000  # exact search up to here (all-pairs kNN is N^2 D: 200k x 200k x 128 is minutes); HNSW beyond
 HNSW_LINKS, HNSW_EF_SEARCH = 32, 64
 
@@ -60,22 +61,43 @@ def _npy_header(count: int, dim: int) -> bytes:
 
 
 def write_index(out_dir: Path, batches: Iterable[torch.Tensor], items: pd.DataFrame, meta: dict, k: int, search_batch: int = 4096) -> dict:
-    """Embeddings (normalised here) into ``out_dir`` as they come, the index, each item's ``k``
-    nearest others, ``items`` (path, sha256) and ``meta``; returns the meta as written."""
+    """The encoder's features, as they come, into ``out_dir``: centred on the pool's mean and
+    l2-normalised, indexed, each item's ``k`` nearest others, ``items`` (path, sha256) and
+    ``meta``; returns the meta as written.
+
+    Why centred: an SSL backbone's features (after a ReLU and pooling) share a large common
+    component, so every raw cosine similarity is high (0.99 and more for a briefly trained
+    encoder) and a threshold on them says little. Less the pool's mean, similarity measures
+    what tells items apart. Two passes: the raw features go to disk first (a batch in memory
+    at a time) while their sum accumulates; the second pass reads them back a chunk at a time.
+    """
     count = len(items)
-    written, index, dim = 0, None, 0
-    with open(out_dir / EMBEDDINGS_FILE, "wb") as handle:
+    raw_path = out_dir / "raw.npy"
+    written, dim, total = 0, 0, None
+    with open(raw_path, "wb") as handle:
         for batch in batches:
-            vectors = torch.nn.functional.normalize(batch.float(), dim=1).numpy().astype(np.float32, copy=False)
-            if index is None:
+            vectors = batch.float().numpy().astype(np.float32, copy=False)
+            if total is None:
                 dim = vectors.shape[1]
-                index = _new_index(dim, count)
+                total = np.zeros(dim, dtype=np.float64)
                 handle.write(_npy_header(count, dim))
-            index.add(vectors)
+            total += vectors.sum(0, dtype=np.float64)
             handle.write(np.ascontiguousarray(vectors).tobytes())
             written += len(vectors)
     if written != count:
         raise CurationError(f"{written} embeddings for {count} items: the prepared data changed while embedding; run `sslpipe ingest`")
+    mean = (total / count).astype(np.float32)
+    np.save(out_dir / MEAN_FILE, mean)
+    index = _new_index(dim, count)
+    raw = np.load(raw_path, mmap_mode="r")
+    with open(out_dir / EMBEDDINGS_FILE, "wb") as handle:
+        handle.write(_npy_header(count, dim))
+        for start in range(0, count, search_batch):
+            vectors = _centred(np.asarray(raw[start : start + search_batch]), mean)
+            index.add(vectors)
+            handle.write(vectors.tobytes())
+    del raw
+    raw_path.unlink()
     import faiss
 
     faiss.write_index(index, str(out_dir / INDEX_FILE))
@@ -90,9 +112,16 @@ def write_index(out_dir: Path, batches: Iterable[torch.Tensor], items: pd.DataFr
     np.save(out_dir / NEIGHBOURS_FILE, neighbours)
     np.save(out_dir / SIMILARITIES_FILE, similarities)
     items[["path", "sha256"]].to_csv(out_dir / ITEMS_FILE, index=False)
-    meta = {**meta, "count": count, "dim": dim, "k": k, "index": type(index).__name__, "metric": "cosine"}
+    meta = {**meta, "count": count, "dim": dim, "k": k, "index": type(index).__name__, "metric": "cosine, centred on the pool mean"}
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(B, D) features less the pool mean, l2-normalised, float32 C-contiguous (what faiss takes)."""
+    centred = vectors.astype(np.float32) - mean
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(centred, dtype=np.float32)
 
 
 def _drop_self(rows: np.ndarray, sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +165,8 @@ class EmbeddingIndex:
         import faiss
 
         index = faiss.read_index(str(self.directory / INDEX_FILE))
-        vectors = torch.nn.functional.normalize(queries.float(), dim=1).numpy()
-        return index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(self)))
+        vectors = _centred(queries.float().numpy(), np.load(self.directory / MEAN_FILE))
+        return index.search(vectors, min(k, len(self)))
 
     def density(self) -> torch.Tensor:
         """Local density per item: mean cosine similarity to its k nearest others (N,)."""

@@ -33,6 +33,8 @@ def test_neighbours_never_list_the_item_itself(tmp_path, pool):
     assert np.all(np.diff(index.similarities, axis=1) <= 1e-6), "most similar first"
     embeddings = index.embeddings()
     assert embeddings.shape == (60, 32) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    assert np.allclose(np.load(tmp_path / "mean.npy"), pool.mean(0).numpy(), atol=1e-5)  # centred on the pool mean
+    assert not (tmp_path / "raw.npy").exists()
 
 
 def test_planted_copies_are_the_top_pairs_each_listed_once(tmp_path, pool):
@@ -69,8 +71,8 @@ def test_shortlist_skips_copies_and_excluded_and_refuses_too_many(tmp_path, pool
 
 def test_search_finds_a_query_s_copy(tmp_path, pool):
     index = build(tmp_path, pool)
-    sims, idx = index.search(pool[7:8] * 0.5, 2)
-    assert set(idx[0].tolist()) == {7, 51} and sims[0][0] == pytest.approx(1, abs=1e-5)
+    sims, idx = index.search(pool[7:8], 2)
+    assert idx[0].tolist()[0] == 7 and set(idx[0].tolist()) == {7, 51} and sims[0][0] == pytest.approx(1, abs=1e-5)
 
 
 def test_exclude_file_lines_or_a_csv(tmp_path):
