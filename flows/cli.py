@@ -230,6 +230,11 @@ def run_stage(args: argparse.Namespace) -> int:
         print(summary_table(result.metrics))
     elif args.command == "register":
         print(f"{result.model_name} version {result.version} (@{result.alias}); promotion gate: {result.decision}")
+    elif args.command == "embed":
+        print(
+            f"{result.counts['items']} items embedded with {result.encoder}: "
+            + ", ".join(f"{v} {k}" for k, v in result.counts.items() if k != "items")
+        )
     return 0
 
 

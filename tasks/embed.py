@@ -39,7 +39,7 @@ from tasks.core.context import StageContext
 from tasks.core.results import Embedded, MissingInput, Prepared, Pretrained, Registered
 from tasks.curation.index import CurationError, EmbeddingIndex, write_index
 from tasks.curation.pictures import efficiency_picture, grid_picture, pairs_picture
-from tasks.curation.pool import DUPLICATE_COLUMNS, duplicate_rows, near_duplicate_pairs, outliers, shortlist, write_table
+from tasks.curation.pool import DUPLICATE_COLUMNS, candidates, duplicate_rows, near_duplicate_pairs, outliers, shortlist, write_table
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def embed(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, registe
             out / "outliers.csv", [{"rank": r, "path": index.paths[i], "density": round(d, 5)} for r, (i, d) in enumerate(lowest, 1)]
         ),
     ]
-    budget = min(select.budget, len(index) - len({b for _, b, _ in pairs}))
+    budget = min(select.budget, len(candidates(index, pairs)))
     if budget < select.budget:
         log.info("embed: shortlist of %d, not select.budget=%d: the pool has no more candidates", budget, select.budget)
     selected = shortlist(index, budget, select.strategy, select.duplicate_threshold, seed=select.seed)
@@ -124,6 +124,7 @@ def embed(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, registe
     files.append(write_json(out / "metrics.json", metrics))
 
     n = select.picture_items
+    position = {path: i for i, path in enumerate(index.paths)}
     shown = pairs[:n]
     previews = part.previews(prepared.unlabeled, [i for a, b, _ in shown for i in (a, b)])
     plots = [
@@ -140,7 +141,7 @@ def embed(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, registe
             "Outliers: lowest local density first",
         ),
         grid_picture(
-            part.previews(prepared.unlabeled, [index.paths.index(row["path"]) for row in selected[:n]]),
+            part.previews(prepared.unlabeled, [position[row["path"]] for row in selected[:n]]),
             [f"#{row['rank']}" for row in selected[:n]],
             out / "selected.png",
             f"Shortlist to label ({select.strategy}, first {min(n, len(selected))} of {len(selected)})",

@@ -68,10 +68,13 @@ def read_exclude(path: str | Path) -> set[str]:
 
 
 def candidates(index: EmbeddingIndex, pairs: list[tuple[int, int, float]], exclude: set[str] = frozenset()) -> np.ndarray:
-    """Items worth labelling: not excluded, and of each near-duplicate pair only the first (a)."""
+    """Items worth labelling: not excluded, and of each near-duplicate pair one. Pairs are taken
+    most similar first; a pair whose both items are still in drops its second (b), so in a dense
+    group the first item stands for the items it is a near-copy of, and no more goes than needed."""
     keep = np.ones(len(index), dtype=bool)
-    for _, b, _ in pairs:
-        keep[b] = False
+    for a, b, _ in pairs:
+        if keep[a] and keep[b]:
+            keep[b] = False
     if exclude:
         keep &= np.array([p not in exclude for p in index.paths])
     return np.nonzero(keep)[0]
