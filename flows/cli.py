@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage, even those dvc.lock says are up to date")
     for stage in PIPELINE:
         _common(commands.add_parser(stage.name, help=stage.help, description=f"Stage '{stage.name}': {stage.help}."))
+    from flows.curation import add_commands
+
+    for curation in add_commands(commands):  # select, similar: the embed stage's index at work
+        _project(curation)
     generate = commands.add_parser(
         "generate",
         help="write dvc.yaml from the declared stages (tasks/stages.py)",
@@ -246,6 +250,11 @@ def run_stage(args: argparse.Namespace) -> int:
         print(summary_table(result.metrics))
     elif args.command == "register":
         print(f"{result.model_name} version {result.version} (@{result.alias}); promotion gate: {result.decision}")
+    elif args.command == "embed":
+        print(
+            f"{result.counts['items']} items embedded with {result.encoder}: "
+            + ", ".join(f"{v} {k}" for k, v in result.counts.items() if k != "items")
+        )
     return 0
 
 
@@ -350,7 +359,17 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_curation(args: argparse.Namespace) -> int:
+    """``select`` / ``similar`` (flows/curation.py)."""
+    from flows import curation
+
+    cfg = _config(args)
+    return {"select": curation.select_command, "similar": curation.similar_command}[args.command](args, cfg)
+
+
 COMMANDS = {
+    "select": run_curation,
+    "similar": run_curation,
     "run": run_pipeline,
     "serve": serve,
     "finetune": run_finetune,
@@ -373,6 +392,7 @@ EXPECTED = (
     "tasks.image.init:InitError",
     "ssl_models.training:TrainingStopped",
     "ssl_models.training:CheckpointMismatch",
+    "tasks.curation.index:CurationError",
 )
 
 

@@ -1,6 +1,6 @@
 """The pipeline flow: the declared stages (tasks/stages.py) in order, results passed along.
 
-validate -> ingest -> augment -> pretrain -> evaluate -> register
+validate -> ingest -> augment -> pretrain -> evaluate -> register -> embed
 
 The modality follows ``data.unlabeled``: each stage runs its shell with the image or the text
 part (tasks/stages.py), with the same inputs, results and outputs.
@@ -79,6 +79,7 @@ def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
         "pretrain": f"{p.method}, {p.backbone}, {p.epochs} epochs",
         "evaluate": "linear probe, kNN, label efficiency",
         "register": f"{cfg.register.model_name} @{cfg.register.alias}, promotion gate",
+        "embed": f"pool index, near-duplicates, outliers, {cfg.select.budget} to label ({cfg.select.strategy})",
     }.get(stage.name)
     return f"{stage.name}: {what}" if what else stage.name
 
@@ -112,6 +113,8 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, pr
                 if not result.success:
                     own.end("FAILED")
                     return Failed(message="\n".join(result.summaries))
+            if stage.name == "embed":
+                create_markdown_artifact(key="pool-curation", markdown=result.markdown, description="Near-duplicates, outliers, shortlist")
             book.record(stage)
     except BaseException as err:
         if stage is not None:

@@ -170,6 +170,29 @@ PIPELINE: tuple[Stage, ...] = (
         result="Registered",
         model_run=True,
     ),
+    Stage(
+        "embed",
+        "tasks.embed:embed",
+        "embed the pool with the registered encoder (data/embeddings/), find near-duplicates and outliers, shortlist what to label",
+        parts=parts("embed"),
+        inputs=("ingest", "pretrain", "register"),
+        deps=("models/encoder", "reports/registered.json", "data/prepared/unlabeled", "data/prepared/labeled"),
+        params=("select", "pretrain.device"),
+        outs=(
+            Out("data/embeddings", note="faiss index, embeddings, paths, neighbours; tagged with encoder and data version"),
+            Out("reports/selection/near_duplicates.csv", note="grows with the pool: DVC's cache, not git"),
+            Out("reports/selection/outliers.csv", cache=False),
+            Out("reports/selection/selected.csv", cache=False, note="the default shortlist (select.budget, select.strategy)"),
+            Out("reports/selection/label_efficiency.csv", cache=False),
+            Out("reports/selection/metrics.json", cache=False, kind="metric"),
+            Out("reports/selection/near_duplicates.png", cache=False, kind="plot"),
+            Out("reports/selection/outliers.png", cache=False, kind="plot"),
+            Out("reports/selection/selected.png", cache=False, kind="plot"),
+            Out("reports/selection/label_efficiency.png", cache=False, kind="plot"),
+        ),
+        result="Embedded",
+        model_run=True,
+    ),
 )
 
 STAGES = {stage.name: stage for stage in PIPELINE}

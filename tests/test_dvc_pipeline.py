@@ -64,7 +64,7 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     root = _dvc_repo(tmp_path / "repo", tiny_data)
 
     first = _run("dvc", "repro", cwd=root)
-    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register", "embed"}
     assert (root / "reports" / "metrics.json").exists()
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     data_hash = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared/unlabeled")
@@ -85,7 +85,7 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
     params["pretrain"]["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run("dvc", "repro", cwd=root)
-    assert _ran(third) == {"pretrain", "evaluate", "register"}
+    assert _ran(third) == {"pretrain", "evaluate", "register", "embed"}  # a new encoder: embed reruns
     assert int(client.get_model_version_by_alias("ssl-encoder", "challenger").version) == 2
     assert "up to date" in _run("dvc", "status", cwd=root).lower()
     # The experiment compares with the committed run: params and metrics, old and new.
@@ -101,7 +101,7 @@ def test_dvc_repro_reproduces_and_skips_what_did_not_change(tmp_path, tiny_data,
         handle.write("\n# touched\n")
     status = _run("dvc", "status", cwd=root)
     stale = set(re.findall(r"^([\w-]+):", status, flags=re.M))
-    assert stale == {"ingest", "augment", "pretrain", "evaluate", "register"}, status
+    assert stale == {"ingest", "augment", "pretrain", "evaluate", "register", "embed"}, status
     assert "tasks/image/prepared.py" in status
 
 
@@ -135,14 +135,14 @@ def test_sslpipe_run_and_dvc_keep_one_book(tmp_path, tiny_data, mlflow_store):
     # An experiment through DVC, then sslpipe: it finds everything up to date.
     _git_commit(root, "first runs")
     exp = _run("dvc", "exp", "run", "-S", "evaluate.knn_k=3", cwd=root)
-    assert _ran(exp) == {"evaluate", "register"}
+    assert _ran(exp) == {"evaluate", "register", "embed"}
     third = _run("sslpipe", "run", cwd=root)
     assert _sslpipe_ran(third) == set() and "nothing changed" in third
 
     # --set values that params.yaml does not hold: the stages run, dvc.lock keeps params.yaml's truth.
     lock = (root / "dvc.lock").read_text()
     overridden = _run("sslpipe", "run", "--set", "evaluate.knn_k=5", cwd=root)
-    assert _sslpipe_ran(overridden) == {"evaluate", "register"}
+    assert _sslpipe_ran(overridden) == {"evaluate", "register", "embed"}
     assert "knn_k: 3" in (root / "dvc.lock").read_text() and "knn_k: 5" not in (root / "dvc.lock").read_text()
     stale = set(re.findall(r"^([\w-]+):", _run("dvc", "status", cwd=root), flags=re.M))
     assert stale == {"evaluate", "register"}, stale
@@ -180,7 +180,7 @@ def test_dvc_repro_runs_the_text_pipeline(tmp_path, tiny_text, mlflow_store):
     root = _dvc_repo(tmp_path / "repo", inputs, "data/input/news.csv.gz", "data/input/news_labeled.csv.gz", **TINY_TEXT_PARAMS)
 
     first = _run("dvc", "repro", cwd=root)
-    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+    assert _ran(first) == {"validate", "ingest", "augment", "pretrain", "evaluate", "register", "embed"}
     assert {"ssl", "random_init", "tfidf"} <= set(yaml.safe_load((root / "reports" / "metrics.json").read_text()))
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     data_hash = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/prepared/unlabeled")

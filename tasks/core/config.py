@@ -337,6 +337,25 @@ class FinetuneConfig(Section):
         return dataclasses.replace(defaults, **{k: v for k, v in self.model_dump(include=names).items() if v is not None})
 
 
+class SelectConfig(Section):
+    """The embed stage and `sslpipe select` / `similar`: the pool's embeddings, near-duplicates,
+    outliers and the shortlist of what to label next (algorithms: ssl_models/selection.py)."""
+
+    batch_size: int = Field(512, ge=1, description="items embedded per batch, read from the shards")
+    neighbors: int = Field(10, ge=1, description="nearest neighbours kept per item (index search): duplicates and local density")
+    duplicate_threshold: float = Field(
+        0.95, gt=0, le=1, description="cosine similarity at or above which two items are near-duplicates (calibrated: README)"
+    )
+    outliers: int = Field(50, ge=1, description="rows in reports/selection/outliers.csv (lowest local density first)")
+    budget: int = Field(100, ge=1, description="items in the stage's shortlist (reports/selection/selected.csv); capped at the pool")
+    strategy: Literal["typiclust", "kcenter", "random"] = Field("typiclust", description="the one measured best at the smallest budget")
+    seed: int = 0
+    picture_items: int = Field(16, ge=1, le=64, description="pairs, outliers and shortlisted items drawn in the pictures")
+    efficiency_budgets: list[int] = Field([1, 2, 5], description="label-efficiency check: labels per class each strategy picks")
+    efficiency_seeds: int = Field(3, ge=1, description="seeds per strategy and budget (mean and spread)")
+    probe_weight_decay: float = Field(0.1, gt=0, description="the probe's L2 on a few labels (none left to validate on)")
+
+
 class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -346,6 +365,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     finetune: FinetuneConfig = FinetuneConfig()
+    select: SelectConfig = SelectConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _modality: Literal["image", "text"] | None = PrivateAttr(None)  # decided by load_config

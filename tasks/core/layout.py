@@ -90,6 +90,14 @@ class Layout:
     def registered(self) -> Path:
         return self.reports / "registered.json"
 
+    @property
+    def embeddings(self) -> Path:  # the pool's embeddings index (tasks/curation/index.py), DVC-tracked
+        return self.root / "data" / "embeddings"
+
+    @property
+    def selection(self) -> Path:  # near-duplicates, outliers, the shortlist, label efficiency of the strategies
+        return self.reports / "selection"
+
     # `sslpipe finetune` (flows/finetune.py): its own data, model, reports and MLflow run.
     @property
     def finetune_data(self) -> Path:  # the labeled folder it was given, decoded (not under prepared/, which ingest swaps whole)

@@ -147,3 +147,21 @@ class Registered:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("model_name", "version", "alias", "run_id", "champion", "decision")}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The pool embedded by one registered encoder (data/embeddings/), and what was found in it."""
+
+    directory: str
+    counts: dict  # items, near_duplicate_pairs, outliers, selected
+    encoder: str  # "<model name> version <n>"
+    data_version: str
+    markdown: str = ""
+
+    @classmethod
+    def load(cls, layout: Layout) -> Embedded:
+        meta = _read_json(layout.embeddings / "meta.json", "embed")
+        counts = _read_json(layout.selection / "metrics.json", "embed").get("counts", {})
+        encoder = f"{meta['encoder']['model_name']} version {meta['encoder']['version']}"
+        return cls(str(layout.embeddings), counts, encoder, meta["data_version"])

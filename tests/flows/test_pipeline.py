@@ -14,7 +14,7 @@ from tasks.core.config import load_config
 from tasks.core.lineage import dvc_hash
 from tasks.registry.models import load_registered_encoder
 
-STAGES = {"validate", "ingest", "augment", "pretrain", "evaluate", "register"}
+STAGES = {"validate", "ingest", "augment", "pretrain", "evaluate", "register", "embed"}
 
 
 def _task_runs(flow_run_id):
@@ -110,9 +110,9 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     assert again["ran"] == {} and set(again["skipped"]) == STAGES
     assert [int(v.version) for v in client.search_model_versions("name='ssl-encoder'")] == [1]
     assert len(client.search_runs([run.info.experiment_id])) == runs_before
-    # A changed evaluate param reruns evaluate and register only, into the model's run.
+    # A changed evaluate param reruns evaluate and register (and embed: a new version) only, into the model's run.
     changed = ssl_pipeline(config=load_config(project / "params.yaml", ["evaluate.knn_k=3"]), root=str(project), return_state=True).result()
-    assert set(changed["ran"]) == {"evaluate", "register"}
+    assert set(changed["ran"]) == {"evaluate", "register", "embed"}
     assert changed["registered"].run_id == registered.run_id and changed["registered"].version == 2
 
 
