@@ -88,6 +88,9 @@ def efficiency_picture(
         ax.plot(xs, ys, marker="o", label=strategy)
         ax.fill_between(xs, ys - spread, ys + spread, alpha=0.2)
     ax.set_xscale("log")
+    budgets = sorted({row["budget"] for row in rows})
+    ax.set_xticks(budgets, [str(b) for b in budgets])  # the budgets themselves, not 2x10^1
+    ax.minorticks_off()
     ax.set_xlabel("labelled examples (budget)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=10)
