@@ -24,6 +24,7 @@ index must; the neighbour pass reads the embeddings back a batch at a time.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+# faiss logs at INFO each CPU build it tries and fails to load (AVX512, AVX2) before the one that works
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 EMBEDDINGS_FILE, INDEX_FILE, ITEMS_FILE, META_FILE = "embeddings.npy", "index.faiss", "items.csv", "meta.json"
 NEIGHBOURS_FILE, SIMILARITIES_FILE, MEAN_FILE = "neighbours.npy", "similarities.npy", "mean.npy"
