@@ -99,6 +99,7 @@ def random_init_scores(data):
 # Not run (reported as xfail with the reason): a known failure would cost CI minutes to
 # fail again; run them by hand with --runxfail when working on these methods.
 KNOWN_FAILING = {
+    "relative_patch": "fresh-clone run 2026-12-02: below random init at 3 epochs with 8 px patches (passed by hand on 1 thread)",
     "byol": "4 epochs, tau 0.996, predictor lr x10: seed 0 probe 0.285 vs 0.267, seed 1 kNN 0.226 / probe 0.262 (2026-12-02)",
     "swav": "loss 4.590 -> 4.697 (ln K = 4.605), kNN 0.180 / probe 0.180 vs random 0.265 / 0.267 at 3 epochs (2026-12-02)",
     "ibot": "not measured yet: a 6-epoch run did not finish on the shared machine (2026-12-02); run it by hand with --runxfail",
