@@ -37,8 +37,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## Two workers (pytest-xdist), one thread each (tests/conftest.py): on 2 cores about twice as
+## fast as one, since many tests wait on servers and subprocesses. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## The same stages through DVC.
 repro: setup

@@ -27,6 +27,7 @@ from pathlib import Path
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 GRACE_S = 5.0  # for the main thread to reach its handler and start cleaning up
 CLEANUP_S = 15.0  # for the clean-up once started
+HARD_EXIT_S = 8.0  # for the watchdog's own clean-up before it exits anyway
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +113,24 @@ class InterruptGuard:
         self._hard_exit()
 
     def _hard_exit(self) -> None:
-        """The main thread is stuck in a long call: clean up from here and exit."""
+        """The main thread is stuck in a long call: clean up from here and exit. The clean-up
+        itself may block (on a lock the stuck thread holds: an import, the sqlite store), so
+        it runs in a thread of its own that gets ``HARD_EXIT_S``; then we exit regardless."""
         logging.disable(logging.CRITICAL)
         ended: list[str] = []
-        for step in (self._end_mlflow_runs, self._crash_flow_runs):
-            try:
-                result = step()
-                ended = result if isinstance(result, list) else ended
-            except Exception:  # noqa: BLE001 - best effort: exiting matters more
-                pass
-        print(self.line(ended), file=sys.stderr, flush=True)
+
+        def clean_up() -> None:
+            for step in (self._end_mlflow_runs, self._crash_flow_runs):
+                try:
+                    result = step()
+                    ended.extend(result if isinstance(result, list) else [])
+                except Exception:  # noqa: BLE001 - best effort: exiting matters more
+                    pass
+
+        worker = threading.Thread(target=clean_up, name="sslpipe-interrupt-cleanup", daemon=True)
+        worker.start()
+        worker.join(HARD_EXIT_S)
+        print(self.line(list(ended)), file=sys.stderr, flush=True)
         os._exit(self.exit_code())  # the server gets its parent-death signal; the kernel drops the lock
 
     def _end_mlflow_runs(self) -> list[str]:

@@ -31,7 +31,7 @@ from tasks.core.context import StageContext
 from tasks.core.results import Prepared
 from tasks.image.init import InitWeights, apply_init, resolve_init
 from tasks.image.prepared import open_unlabeled
-from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.heartbeat import ServerWatch, log_epoch, log_missed_epochs
 from tasks.registry.tracking import Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -131,4 +131,5 @@ def _train(rank: int, world_size: int, job: TrainJob) -> tuple[list[EpochStats],
         )  # fmt: skip
     if rank != 0:
         return None
+    log_missed_epochs(tracker, history)
     return history, {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}

@@ -101,3 +101,13 @@ def log_epoch(tracker: Tracker, watch: ServerWatch, stats: EpochStats) -> None:
         raise TrainingStopped(
             f"{lost}; stopped training after epoch {stats.epoch}, checkpoint saved: run the same command again to resume"
         ) from err
+
+
+def log_missed_epochs(tracker: Tracker, history: list[EpochStats]) -> None:
+    """After a resumed run: the epochs whose metrics never reached the server, logged now, once.
+    A server that died between an epoch's checkpoint and its metrics leaves that epoch
+    finished on disk but missing in MLflow, and the resumed run starts after it."""
+    logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "pretrain/loss")}
+    for stats in history:
+        if stats.epoch not in logged:
+            tracker.log_metrics({f"pretrain/{k}": v for k, v in stats.as_metrics().items()}, step=stats.epoch)

@@ -15,7 +15,7 @@ from ssl_models.training import pretrain as train_method
 from tasks.core.config import PipelineConfig
 from tasks.core.context import StageContext
 from tasks.core.results import Prepared, file_sha256
-from tasks.registry.heartbeat import ServerWatch, log_epoch
+from tasks.registry.heartbeat import ServerWatch, log_epoch, log_missed_epochs
 from tasks.registry.tracking import tracking_uri
 from tasks.text.model import build_mlm
 from tasks.text.tokens import (
@@ -56,6 +56,7 @@ def train(ctx: StageContext, prepared: Prepared, checkpoint: Path, run_id: str):
         history, method = train_mlm(
             Path(prepared.unlabeled), settings, torch.device(p.device), on_epoch_end, checkpoint, extra, ctx.progress, watch.lost
         )
+    log_missed_epochs(tracker, history)
     tokenizer = Path(prepared.unlabeled) / TOKENIZER_FILE
     return history, lambda folder, extra: save_text_encoder(method.encoder.cpu(), folder, tokenizer, extra=extra)
 

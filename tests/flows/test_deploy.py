@@ -128,7 +128,7 @@ def test_a_served_interval_schedule_runs_the_pipeline_to_completion(tmp_path, pr
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         served = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--root", str(project), "--interval", "20",
+            [sys.executable, "-m", "flows.cli", "serve", "--root", str(project), "--interval", "5",
                 "--set", "pretrain.epochs=1", "--set", "evaluate.label_fractions=[1.0]"],
             env=env, cwd=elsewhere, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

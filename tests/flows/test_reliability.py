@@ -4,6 +4,7 @@ are not there."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -73,6 +74,20 @@ def wait_for_running_run(proc: subprocess.Popen, store: Path, timeout: float = 4
     raise AssertionError("pretraining never started")
 
 
+def wait_or_explain(proc: subprocess.Popen, timeout: float) -> int:
+    """``proc.wait``; if it does not end in time, fail with what it printed and where it is stuck
+    (py-spy is not at hand: PYTHONFAULTHANDLER's SIGABRT dump of every thread goes to stderr)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = [f"{p.pid} {p.name()} {p.status()}" for p in alive(family(proc.pid))]
+        os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack, then it dies
+        proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"still running {timeout:.0f} s after the signal; processes {tree}\n{output(proc)[1][-6000:]}") from None
+
+
 def flow_run_states(project: Path) -> list[str]:
     with sqlite3.connect(project / ".prefect" / "prefect.db") as db:
         return [state for (state,) in db.execute("select state_type from flow_run")]
@@ -140,7 +155,7 @@ def test_ctrl_c_mid_pretraining_ends_everything_within_seconds(project, mlflow_s
     assert len(processes) >= 2  # the CLI and its temporary Prefect server
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    rc = proc.wait(timeout=60)
+    rc = wait_or_explain(proc, timeout=60)
     took = time.monotonic() - sent
     _, stderr = output(proc)
     assert rc == 130
