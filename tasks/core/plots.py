@@ -220,7 +220,7 @@ def per_class_accuracy_plot(classes: Sequence[str], matrix, path: Path, title: s
     totals = counts.sum(1)
     accuracy = np.divide(counts.diagonal(), totals, out=np.zeros(len(classes)), where=totals > 0)
     overall = counts.trace() / max(counts.sum(), 1)
-    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 0.32 * len(classes) + 1.4)))
+    fig, ax = plt.subplots(figsize=(6.4, max(3.0, 0.32 * len(classes) + 1.6)))
     positions = range(len(classes))
     bars = ax.barh(positions, accuracy, color="tab:blue")
     ax.bar_label(bars, [f"{a:.3f} (n={int(n)})" for a, n in zip(accuracy, totals, strict=True)], fontsize=8, padding=3)

@@ -355,9 +355,12 @@ class Tracker:
                 _ended_unfinished[self._run_id] = (status, self.client.tracking_uri)
 
 
-def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training") -> None:
+def log_training_dataset(
+    name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training", profile: dict | None = None
+) -> None:
     """Record the data a run trained on as an MLflow dataset input: its DVC hash is the digest
-    (the same data gives the same digest across runs), ``count`` the number of images."""
+    (the same data gives the same digest across runs), ``count`` the number of images;
+    ``profile``: more of what the UI shows beside it (e.g. the splits' sizes)."""
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -367,7 +370,7 @@ def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_
         digest=dvc_hash,
         source_type=source_entity._get_source_type(),
         source=source_entity.to_json(),
-        profile=json.dumps({"num_images": count}),  # what the UI shows beside the digest
+        profile=json.dumps({"num_images": count, **(profile or {})}),  # what the UI shows beside the digest
     )
     run_id = run_id or mlflow.active_run().info.run_id
     mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
