@@ -343,6 +343,26 @@ class Tracker:
     def log_artifacts(self, folder: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """``rows`` as an MLflow table artifact (what ``MlflowClient.log_table`` writes: JSON,
+        pandas' split orient, listed in the run's ``mlflow.loggedArtifacts`` tag, so the UI and
+        ``mlflow.load_table`` read it as a table), replacing one of that name: log_table would
+        append, and a stage that runs again into its model's run must not list its rows twice."""
+        import tempfile
+
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, name = os.path.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            pd.DataFrame(rows).to_json(path, orient="split", index=False, double_precision=6)  # as metrics are: 6 digits
+            self.log_artifact(path, folder or None)
+        listed = json.loads(self.tag(MLFLOW_LOGGED_ARTIFACTS) or "[]")
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
+
     def tag(self, key: str) -> str:
         return self.client.get_run(self.run_id).data.tags.get(key, "")
 
