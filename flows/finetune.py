@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.run_logs import run_logs_to_prefect
+from flows.stage_runner import LAUNCHED_BY
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.layout import Layout
 from tasks.finetune import (
@@ -92,7 +93,7 @@ def _finetune(layout: Layout, cfg: PipelineConfig):
         return Failed(message=prepared.message)
     tracker = Tracker(
         layout.root, cfg.finetune.experiment, run_name=run_name(f"finetune-{encoder.name}-v{encoder.version}"),
-        tags={"prefect_flow_run_id": str(flow_run.id or "")},
+        tags={"prefect_flow_run_id": str(flow_run.id or ""), LAUNCHED_BY: "ssl-finetune flow"},
     )  # fmt: skip
     try:
         result = finetune_task.with_options(task_run_name=names["finetune"])(layout, cfg, encoder, tracker)

@@ -59,6 +59,7 @@ def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, m
     assert run.data.tags["encoder_version"] == "1"
     assert run.data.tags["encoder_uri"] == "models:/ssl-encoder/1"
     assert run.data.tags["encoder_run_id"] == encoder_version.run_id
+    assert run.data.tags["sslpipe.launched_by"] == "ssl-finetune flow"
     assert run.data.params["finetune.lr"] == "1e-09"
     assert run.data.metrics["test_acc"] == pytest.approx(result["test_acc"], rel=1e-5)  # logged to 6 significant digits
     assert {"compare/ssl_finetune_acc", "compare/scratch_acc"} <= set(run.data.metrics)

@@ -81,6 +81,8 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
         assert key in run.data.metrics
     assert run.data.tags["data_version"] == dvc_hash(project / "data" / "prepared" / "unlabeled")
     assert run.data.tags["prefect_flow_run_id"] == str(flow_run_id)
+    assert run.data.tags["sslpipe.launched_by"] == "ssl-pipeline flow" and "sslpipe.dvc_repro" not in run.data.tags
+    assert not run.info.run_name.startswith("dvc-")
     assert run.data.tags["git_commit"]
     artifacts = {a.path for folder in ("plots", "augment", "validation") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"plots/curves.png", "plots/evaluation.png", "augment/augment_preview.png", "validation/unlabeled.json"} <= artifacts
