@@ -16,6 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.run_logs import run_logs_to_prefect
+from flows.stage_runner import LAUNCHED_BY
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.layout import Layout
 from tasks.finetune import (
@@ -58,24 +60,44 @@ def flow_run_name() -> str:
     return f"fine-tune @{f.encoder_alias} on {Path(f.data).name}, {f.label_fraction:.0%} of the labels"
 
 
+def task_run_names(cfg: PipelineConfig, modality: str) -> dict[str, str]:
+    """What each task run does, for the Prefect UI (as the pipeline's ``pretrain: simclr, resnet18_cifar, 2 epochs``)."""
+    f = cfg.finetune
+    compare = f", vs from scratch at {f.compare_fraction:.0%}" if f.compare_fraction is not None else ""
+    classifier = f.text_model_name if modality == "text" else f.model_name
+    return {
+        "resolve-encoder": f"resolve-encoder: {cfg.model_name(modality)}@{f.encoder_alias}",
+        "prepare": f"prepare: validate and decode {Path(f.data).name}",
+        "finetune": f"finetune: {f.label_fraction:.0%} of the labels, {f.steps} steps{compare}",
+        "register-classifier": f"register-classifier: {classifier} @{f.alias}",
+    }
+
+
 @flow(name="ssl-finetune", flow_run_name=flow_run_name, log_prints=True)
 def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
     layout = Layout.at(root)
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
-    encoder = resolve_encoder_task(layout, cfg)
+    # Our own log lines (the encoder pinned, validation, accuracies, the version) go to this run's logs.
+    with run_logs_to_prefect():
+        return _finetune(layout, cfg)
+
+
+def _finetune(layout: Layout, cfg: PipelineConfig):
+    names = task_run_names(cfg, finetune_modality(layout, cfg))
+    encoder = resolve_encoder_task.with_options(task_run_name=names["resolve-encoder"])(layout, cfg)
     if encoder is None:
         return Failed(message=no_encoder_message(cfg, finetune_modality(layout, cfg)))
-    prepared = finetune_prepare_task(layout, cfg, encoder)
+    prepared = finetune_prepare_task.with_options(task_run_name=names["prepare"])(layout, cfg, encoder)
     if not prepared.ok:
         return Failed(message=prepared.message)
     tracker = Tracker(
         layout.root, cfg.finetune.experiment, run_name=run_name(f"finetune-{encoder.name}-v{encoder.version}"),
-        tags={"prefect_flow_run_id": str(flow_run.id or "")},
+        tags={"prefect_flow_run_id": str(flow_run.id or ""), LAUNCHED_BY: "ssl-finetune flow"},
     )  # fmt: skip
     try:
-        result = finetune_task(layout, cfg, encoder, tracker)
-        version = register_classifier_task(layout, cfg, result)
+        result = finetune_task.with_options(task_run_name=names["finetune"])(layout, cfg, encoder, tracker)
+        version = register_classifier_task.with_options(task_run_name=names["register-classifier"])(layout, cfg, result)
     except BaseException as err:
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -84,6 +106,6 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     model_name = cfg.finetune.text_model_name if encoder.modality == "text" else cfg.finetune.model_name
     create_markdown_artifact(
         key="ssl-finetune-summary",
-        markdown=f"## {model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
+        markdown=f"## {model_name} v{version} (@{cfg.finetune.alias})\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
     )
     return result | {"version": version, "model_name": model_name, "images": prepared.counts}  # images: documents for text

@@ -26,7 +26,7 @@ from prefect.states import Failed
 
 from flows.fault_log import note_stage
 from flows.run_logs import run_logs_to_prefect
-from flows.stage_runner import end_quietly, pipeline_tracker, stage_context, tracker_for
+from flows.stage_runner import LAUNCHED_BY, end_quietly, pipeline_tracker, stage_context, tracker_for
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.freshness import Book
 from tasks.core.layout import Layout
@@ -86,7 +86,9 @@ def task_run_name(stage: Stage, cfg: PipelineConfig) -> str:
 
 def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, progress: bool):
     STAGES["pretrain"].part(cfg.modality(layout.root)).check(cfg)  # e.g. a method that cannot work at this size says so first
-    own = pipeline_tracker(layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or "")})
+    own = pipeline_tracker(
+        layout, cfg, cfg.pretrain.method, {"prefect_flow_run_id": str(flow_run.id or ""), LAUNCHED_BY: "ssl-pipeline flow"}
+    )
     results: dict[str, object] = {}
     ran: dict[str, str] = {}
     skipped: dict[str, str] = {}

@@ -3,6 +3,15 @@
 The flow (flows/pipeline.py) runs them in order and passes results; a single stage
 command (``sslpipe ingest``, what ``dvc repro`` calls) rebuilds its inputs from the
 earlier stages' outputs with ``Result.load`` and runs just that stage.
+
+**Which runs belong together.** Every run says who made it (tag ``sslpipe.launched_by``:
+``ssl-pipeline flow`` for ``sslpipe run`` and scheduled runs, ``dvc repro`` for a stage command
+DVC ran, ``sslpipe <stage>`` for one run by hand). ``dvc repro`` runs each stage as its own
+process, so its runs are named apart (``dvc-validate-...``, ``dvc-simclr-pretrain-...``) and
+share the tag ``sslpipe.dvc_repro``: the dvc process they ran under (its start time and pid),
+one value per ``dvc repro`` / ``dvc exp run``. In the MLflow UI: group the runs by that tag, or
+filter ``tags.`sslpipe.launched_by` = 'dvc repro'``. A tag rather than a parent run: a parent
+would need an owner to end it, and no process outlives the stages but dvc, which knows nothing of MLflow.
 """
 
 from __future__ import annotations
@@ -20,6 +29,51 @@ from tasks.registry.tracking import Tracker, run_name
 from tasks.stages import STAGES, Stage
 
 log = logging.getLogger("sslpipe")
+
+LAUNCHED_BY, DVC_REPRO = "sslpipe.launched_by", "sslpipe.dvc_repro"
+DVC_PREFIX = "dvc-"  # the run names of stage commands run by dvc
+
+
+def dvc_repro_id() -> str | None:
+    """Under DVC (which sets ``DVC_STAGE`` for a stage's command): the dvc process running this
+    one, as ``<UTC start time>-pid<pid>``, the same for every stage of one ``dvc repro`` and
+    different for the next; None outside DVC or when no dvc process is found among the parents."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import psutil
+
+    try:
+        parents = psutil.Process().parents()
+    except psutil.Error:
+        return None
+    for parent in parents:  # nearest first: the shell DVC started the command in, then dvc
+        try:
+            command = parent.cmdline()
+            started = parent.create_time()
+        except psutil.Error:
+            continue
+        # `dvc repro`, `python -m dvc repro`, `python .venv/bin/dvc exp run`
+        if any(Path(part).name in ("dvc", "dvc.exe") for part in command[:3]):
+            return f"{datetime.fromtimestamp(started, UTC):%Y%m%d-%H%M%S}-pid{parent.pid}"
+    return None
+
+
+def launch_tags(launched_by: str) -> dict[str, str]:
+    """``sslpipe.launched_by``, and under DVC the ``sslpipe.dvc_repro`` its runs share."""
+    repro = dvc_repro_id()
+    return {LAUNCHED_BY: launched_by, **({DVC_REPRO: repro} if repro else {})}
+
+
+def stage_tracker(name: str, layout: Layout, cfg: PipelineConfig) -> Tracker:
+    """The run one stage command owns: ``validate-<time>`` by hand, ``dvc-validate-<time>`` under
+    DVC (pretrain: ``simclr-pretrain``), tagged with the stage and who ran it."""
+    by_dvc = "DVC_STAGE" in os.environ
+    prefix = f"{cfg.pretrain.method}-{name}" if name == "pretrain" else name
+    tags = {"sslpipe.stage": name, **launch_tags("dvc repro" if by_dvc else f"sslpipe {name}")}
+    return pipeline_tracker(layout, cfg, DVC_PREFIX + prefix if by_dvc else prefix, tags)
 
 
 def pipeline_tracker(layout: Layout, cfg: PipelineConfig, name: str, tags: dict[str, str] | None = None) -> Tracker:
@@ -61,7 +115,7 @@ def run_alone(name: str, layout: Layout, cfg: PipelineConfig, progress: bool = T
     ``DVC_STAGE``), DVC records it itself."""
     stage = STAGES[name]
     inputs = {upstream: STAGES[upstream].result_type().load(layout) for upstream in stage.inputs}
-    own = pipeline_tracker(layout, cfg, f"{cfg.pretrain.method}-{name}" if name == "pretrain" else name, {"sslpipe.stage": name})
+    own = stage_tracker(name, layout, cfg)
     tracker = tracker_for(stage, layout, cfg, inputs, own)
     try:
         result = stage.load()(stage_context(stage, layout, cfg, tracker, progress), *inputs.values())

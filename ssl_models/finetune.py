@@ -232,3 +232,16 @@ def finetune_accuracy(
     rows = train[0][idx] if isinstance(train[0], torch.Tensor) else SubsetSource(train[0], idx.numpy())
     classifier = train_classifier(model, rows, train[1][idx], num_classes, settings, device, progress, augment=augment)
     return classifier_accuracy(classifier, test[0], test[1], features, device), classifier
+
+
+@torch.no_grad()
+def confusion_matrix(
+    classifier: nn.Module, rows: Rows, labels: torch.Tensor, num_classes: int, features: Features, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts on ``rows``, no augmentation: row = true class,
+    column = predicted class (the arg-max of ``features``, as :func:`classifier_accuracy` reads it).
+    Its trace over its sum is that accuracy; row ``i``'s diagonal over its sum, class ``i``'s."""
+    predictions = features(classifier, rows, device=device).argmax(1)
+    classifier.cpu()
+    pairs = labels.long() * num_classes + predictions.long()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

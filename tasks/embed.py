@@ -148,7 +148,7 @@ def embed(ctx: StageContext, prepared: Prepared, pretrained: Pretrained, registe
         ),
         efficiency_picture(efficiency, out / "label_efficiency.png"),
     ]
-    _log(ctx, index, counts, efficiency, files, plots)
+    _log(ctx, index, counts, efficiency, best, files, plots)
     markdown = _markdown(meta, counts, efficiency, best, duplicate_rows(index, pairs[:5]))
     return Embedded(
         str(layout.embeddings), counts, f"{registered.model_name} version {registered.version}", prepared.data_version, markdown
@@ -163,17 +163,26 @@ def _best_at_smallest(rows: list[dict]) -> str:
     return max((row for row in rows if row["budget"] == smallest), key=lambda row: row["accuracy"])["strategy"]
 
 
-def _log(ctx: StageContext, index: EmbeddingIndex, counts: dict, efficiency: list[dict], files: list, plots: list) -> None:
+def _log(ctx: StageContext, index: EmbeddingIndex, counts: dict, efficiency: list[dict], best: str, files: list, plots: list) -> None:
+    """Into the encoder's run: the counts, the label-efficiency check as a table
+    (``selection/label_efficiency.json``, beside its picture; not metric steps at the budgets,
+    which the UI charts like training curves) with its headline (the stage's strategy at the
+    smallest budget; the best one there as a tag), the index and the reports."""
     tracker = ctx.tracker
     tracker.log_metrics({f"select/{key}": value for key, value in counts.items()})
-    for row in efficiency:
-        tracker.log_metrics({f"selection_efficiency/{row['strategy']}": row["accuracy"]}, step=row["budget"])
+    if efficiency:
+        smallest = min(row["budget"] for row in efficiency)
+        mine = [row for row in efficiency if row["budget"] == smallest and row["strategy"] == ctx.cfg.select.strategy]
+        if mine:
+            tracker.log_metrics({f"selection_efficiency/smallest_budget/{mine[0]['strategy']}": mine[0]["accuracy"]})
+        tracker.log_table(efficiency, "selection/label_efficiency.json")
     encoder = index.meta["encoder"]
     tracker.set_tags(
         {
             "embeddings.encoder": f"{encoder['model_name']}/{encoder['version']}",
             "embeddings.data_version": index.meta["data_version"],
             "embeddings.index": index.meta["index"],
+            **({"selection.best_at_smallest_budget": best} if best else {}),
         }
     )
     size = sum(path.stat().st_size for path in index.directory.iterdir())

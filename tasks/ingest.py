@@ -41,6 +41,6 @@ def ingest(ctx: StageContext, validated: Validated) -> Prepared:
         write_json(
             staging / "labeled" / "counts.json", {k.removeprefix("labeled_"): n for k, n in counts.items() if k.startswith("labeled_")}
         )
-    ctx.tracker.log_metrics({f"{part.UNIT}s/{key}": n for key, n in counts.items()})
+    ctx.tracker.log_params({f"{part.UNIT}s/{key}": n for key, n in counts.items()})  # counts of the data: params, not metric charts
     log.info("prepared %s", ", ".join(f"{n} {key.replace('_', ' ')} {part.UNIT}s" for key, n in counts.items()))
     return Prepared(str(layout.unlabeled), str(layout.labeled), counts, dvc_hash(layout.unlabeled), dvc_hash(layout.labeled))

@@ -28,7 +28,7 @@ from tasks.core.atomic import write_text
 from tasks.core.context import StageContext
 from tasks.core.results import Validated
 from tasks.validation.html import render
-from tasks.validation.report import report_metrics
+from tasks.validation.report import report_params
 from tasks.validation.source_check import Checks, quarantine_rows, run_checks
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def validate(ctx: StageContext) -> Validated:
         write_text(layout.validation / f"{report.name}.html", page)
         tracker.log_artifact(layout.validation / f"{report.name}.json", "validation")
         tracker.log_artifact(layout.validation / f"{report.name}.html", "validation")
-        tracker.log_metrics(report_metrics(asdict(report)))
+        tracker.log_params(report_params(asdict(report)))  # facts of the data: params, not one-point metric charts
         tracker.log_artifacts(layout.validation / "data_docs" / report.name, f"validation/data_docs/{report.name}")
     tracker.log_artifact(layout.quarantine, "validation")
 

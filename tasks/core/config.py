@@ -326,7 +326,17 @@ class FinetuneConfig(Section):
     seed: int = _default(FinetuneSettings, "seed")
     model_name: str = "ssl-classifier"
     text_model_name: str = Field("ssl-text-classifier", description="classifiers fine-tuned on text register here")
+    alias: str = Field("candidate", description="every new classifier version gets it (no gate for classifiers: move it by hand)")
     experiment: str = "ssl-finetune"
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_mlflow_takes(cls, value: str) -> str:
+        import re
+
+        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value) or not re.fullmatch(r"[\w-]+", value):
+            raise ValueError(f"{value!r}: MLflow reserves 'latest' and 'v<number>'; an alias is letters, digits, '_' and '-'")
+        return value
 
     def resolved(self) -> FinetuneConfig:
         return self.model_copy(update={"device": str(resolve_device(self.device))})

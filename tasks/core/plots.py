@@ -36,19 +36,34 @@ def training_curves(history: Sequence[dict], path: Path, title: str = "Pretraini
         ("embedding_std", "std of normalised embeddings"),
         ("effective_rank", "effective rank of embeddings"),
     ]
-    from matplotlib.ticker import MaxNLocator
-
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
     for ax, (key, label) in zip(axes, keys, strict=True):
         ax.plot(epochs, [row[key] for row in history], marker="o")
         ax.set_title(label)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epoch 1, 2, 3; never 1.5
+        epoch_axis(ax, epochs)
         ax.set_ylabel(label.split(" of ")[0])
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return _save(plt, fig, path)
+
+
+def epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis: each epoch a tick up to 12 of them, else integer ticks only;
+    never 1.5, nor 0.945 ... 1.065 around a run of one epoch (matplotlib's integer locator
+    gives up on a range that holds a single integer)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = sorted(set(epochs))
+    if not ticks:
+        return
+    if len(ticks) <= 12:
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(ticks) == 1:
+        ax.set_xlim(ticks[0] - 0.5, ticks[0] + 0.5)
 
 
 ENCODER_NAMES = {"ssl": "SSL encoder", "random_init": "random init", "raw_pixels": "raw pixels"}
@@ -191,4 +206,58 @@ def masking_preview(
         fig.text(0.01, y, label, fontsize=8, weight="bold", va="center")
         fig.text(0.1, y, line, fontsize=8, family="monospace", va="center", color="firebrick" if label == "masked" else "black")
     fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def per_class_accuracy_plot(classes: Sequence[str], matrix, path: Path, title: str = "Test accuracy per class") -> Path:
+    """One horizontal bar per class (its test accuracy, the number of test items beside it),
+    from a confusion matrix (row = true class); a dashed line at the overall accuracy.
+    Horizontal, so that long class names stay readable; the height follows the class count."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    totals = counts.sum(1)
+    accuracy = np.divide(counts.diagonal(), totals, out=np.zeros(len(classes)), where=totals > 0)
+    overall = counts.trace() / max(counts.sum(), 1)
+    fig, ax = plt.subplots(figsize=(6.4, max(3.0, 0.32 * len(classes) + 1.6)))
+    positions = range(len(classes))
+    bars = ax.barh(positions, accuracy, color="tab:blue")
+    ax.bar_label(bars, [f"{a:.3f} (n={int(n)})" for a, n in zip(accuracy, totals, strict=True)], fontsize=8, padding=3)
+    ax.set_yticks(list(positions), list(classes), fontsize=9 if len(classes) <= 30 else 6)
+    ax.invert_yaxis()  # the first class on top, as in the confusion matrix
+    ax.axvline(overall, linestyle="--", linewidth=1, color="tab:gray", label=f"overall ({overall:.3f})")
+    ax.set_xlim(0, 1.25)  # room for the value labels right of a bar near 1
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel("class")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(plt, fig, path)
+
+
+def confusion_matrix_plot(classes: Sequence[str], matrix, path: Path, title: str = "Confusion matrix (test split)") -> Path:
+    """Counts of true class (rows) against predicted class (columns), shaded by the share of
+    each true class (so a small class reads as clearly as a large one), each cell's count
+    written in it up to 25 classes."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    totals = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    side = min(16.0, max(4.0, 0.45 * len(classes) + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if len(classes) <= 25:
+        for (row, column), count in np.ndenumerate(counts):
+            colour = "white" if shares[row, column] > 0.5 else "black"
+            ax.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=8, color=colour)
+    size = 9 if len(classes) <= 15 else 6
+    # Upright names under the columns side by side collide from a handful of classes on: turned a quarter.
+    ax.set_xticks(range(len(classes)), list(classes), rotation=90 if len(classes) > 4 else 0, fontsize=size)
+    ax.set_yticks(range(len(classes)), list(classes), fontsize=size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
     return _save(plt, fig, path)

@@ -151,12 +151,16 @@ def summary_table(metrics: dict) -> str:
 
 def log_evaluation(tracker, metrics: dict, rows: list[dict], files: list, plots: list) -> None:
     """An evaluation into its MLflow run: probe/kNN per row, the supervised reference, the
-    label-efficiency curve (one per initialisation, x = number of labels: MLflow draws it as a
-    chart), the files (metrics.json, the curve's CSV) and the pictures."""
+    label-efficiency curve as a table (``label_efficiency.json``: fraction, labels, ssl_finetune,
+    scratch) beside its picture (``plots/label_efficiency.png``), not as metric steps (a chart
+    over "steps" 20, 200, 2000 read as training curves), and its headline at the fewest labels
+    (``label_efficiency/fewest_labels/*``: what pretraining buys where labels are scarce); the
+    files (metrics.json, the curve's CSV) and the pictures."""
     tracker.log_metrics({f"{name}/{key}": value for name in scored_rows(metrics) for key, value in metrics[name].items()})
     tracker.log_metrics({"supervised_scratch/test_acc": metrics["supervised_scratch"]["test_acc"]})
-    for row in rows:
-        tracker.log_metrics({f"label_efficiency/{key}": row[key] for key in ("ssl_finetune", "scratch")}, step=row["labels"])
+    fewest = min(rows, key=lambda row: row["labels"])
+    tracker.log_metrics({f"label_efficiency/fewest_labels/{key}": fewest[key] for key in ("ssl_finetune", "scratch")})
+    tracker.log_table([{**row, "share": percent(row["fraction"])} for row in rows], "label_efficiency.json")
     for path in files:
         tracker.log_artifact(path)
     for plot in plots:

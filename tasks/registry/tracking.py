@@ -343,6 +343,26 @@ class Tracker:
     def log_artifacts(self, folder: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """``rows`` as an MLflow table artifact (what ``MlflowClient.log_table`` writes: JSON,
+        pandas' split orient, listed in the run's ``mlflow.loggedArtifacts`` tag, so the UI and
+        ``mlflow.load_table`` read it as a table), replacing one of that name: log_table would
+        append, and a stage that runs again into its model's run must not list its rows twice."""
+        import tempfile
+
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, name = os.path.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            pd.DataFrame(rows).to_json(path, orient="split", index=False, double_precision=6)  # as metrics are: 6 digits
+            self.log_artifact(path, folder or None)
+        listed = json.loads(self.tag(MLFLOW_LOGGED_ARTIFACTS) or "[]")
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
+
     def tag(self, key: str) -> str:
         return self.client.get_run(self.run_id).data.tags.get(key, "")
 
@@ -355,9 +375,12 @@ class Tracker:
                 _ended_unfinished[self._run_id] = (status, self.client.tracking_uri)
 
 
-def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training") -> None:
+def log_training_dataset(
+    name: str, dvc_hash: str, source: str, count: int, run_id: str | None = None, context: str = "training", profile: dict | None = None
+) -> None:
     """Record the data a run trained on as an MLflow dataset input: its DVC hash is the digest
-    (the same data gives the same digest across runs), ``count`` the number of images."""
+    (the same data gives the same digest across runs), ``count`` the number of images;
+    ``profile``: more of what the UI shows beside it (e.g. the splits' sizes)."""
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -367,7 +390,7 @@ def log_training_dataset(name: str, dvc_hash: str, source: str, count: int, run_
         digest=dvc_hash,
         source_type=source_entity._get_source_type(),
         source=source_entity.to_json(),
-        profile=json.dumps({"num_images": count}),  # what the UI shows beside the digest
+        profile=json.dumps({"num_images": count, **(profile or {})}),  # what the UI shows beside the digest
     )
     run_id = run_id or mlflow.active_run().info.run_id
     mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])

@@ -85,11 +85,14 @@ class ValidationReport:
         return "\n".join([*rows, "", *failures, "", *files])
 
 
-def report_metrics(report: dict) -> dict[str, float]:
-    """A report (as saved in ``<name>.json``) as MLflow metrics: counts per fault and the statistics."""
+def report_params(report: dict) -> dict[str, str]:
+    """A report (as saved in ``<name>.json``) as MLflow params: counts per fault and the
+    statistics (numbers to 6 significant digits). Params, not metrics: they are facts about the
+    data, fixed for the run; as metrics each was a one-point chart crowding the training curves
+    off the top of the run's Model metrics tab."""
     name = report["name"]
-    metrics = {f"validation/{name}/images": report["images"], f"validation/{name}/accepted": report["accepted"]}
-    metrics |= {f"validation/{name}/fault/{k}": v for k, v in report["faults"].items()}
-    metrics |= {f"validation/{name}/skipped/{k}": v for k, v in report["skipped"].items()}
-    metrics |= {f"validation/{name}/{k}": v for k, v in report["statistics"].items()}
-    return metrics
+    values = {f"validation/{name}/images": report["images"], f"validation/{name}/accepted": report["accepted"]}
+    values |= {f"validation/{name}/fault/{k}": v for k, v in report["faults"].items()}
+    values |= {f"validation/{name}/skipped/{k}": v for k, v in report["skipped"].items()}
+    values |= {f"validation/{name}/{k}": v for k, v in report["statistics"].items()}
+    return {key: f"{value:.6g}" if isinstance(value, float) else str(value) for key, value in values.items()}

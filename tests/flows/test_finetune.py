@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from flows.finetune import finetune_flow
 from ssl_models.encoder import load_encoder
@@ -28,7 +30,20 @@ def _config(project: Path, *overrides: str):
     return load_config(project / "params.yaml", [*base, *overrides])
 
 
-def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, mlflow_store, prefect_server):
+def _task_run_names_and_logs(flow_run_id) -> tuple[set[str], list[str]]:
+    """The flow run's task-run names and log messages, as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are sent in batches in the background
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return {run.name for run in runs}, [log.message for log in logs]
+
+
+def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, mlflow_store, prefect_server, tmp_path):
     champion = make_registrable_project(project, 0.5, encoder_seed=3)
     register_stage(champion, load_config(None))
     # A vanishing learning rate: the trained weights must still be the champion's, which
@@ -44,6 +59,7 @@ def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, m
     assert run.data.tags["encoder_version"] == "1"
     assert run.data.tags["encoder_uri"] == "models:/ssl-encoder/1"
     assert run.data.tags["encoder_run_id"] == encoder_version.run_id
+    assert run.data.tags["sslpipe.launched_by"] == "ssl-finetune flow"
     assert run.data.params["finetune.lr"] == "1e-09"
     assert run.data.metrics["test_acc"] == pytest.approx(result["test_acc"], rel=1e-5)  # logged to 6 significant digits
     assert {"compare/ssl_finetune_acc", "compare/scratch_acc"} <= set(run.data.metrics)
@@ -62,6 +78,54 @@ def test_finetune_starts_from_the_champion_and_registers_a_classifier(project, m
     base = load_encoder(champion.encoder)
     for (name, tuned), (_, original) in zip(classifier.encoder.named_parameters(), base.named_parameters(), strict=True):
         assert torch.allclose(tuned, original, atol=1e-6), name
+
+    # What the Prefect UI shows: task runs named by what they did, the stages' own log lines.
+    flow_run_id = state.state_details.flow_run_id
+    names, messages = _task_run_names_and_logs(flow_run_id)
+    assert names == {
+        "resolve-encoder: ssl-encoder@champion",
+        "prepare: validate and decode labeled",
+        "finetune: 100% of the labels, 2 steps, vs from scratch at 50%",
+        "register-classifier: ssl-classifier @candidate",
+    }
+    assert any(m.startswith("fine-tuning starts from ssl-encoder version 1 (@champion") for m in messages), messages
+    assert any(m.startswith("prepared 48 train images, 24 test images for fine-tuning") for m in messages), messages
+    assert any(m.startswith("fine-tuned on 48 labels: test accuracy ") for m in messages), messages
+    assert any(m.startswith("registered ssl-classifier version 1 (@candidate), fine-tuned from models:/ssl-encoder/1") for m in messages)
+
+    # What the MLflow UI shows: the run's description starts with the result in one plain sentence.
+    note = client.get_run(run.info.run_id).data.tags["mlflow.note.content"]
+    first = note.split("\n")[0]
+    assert first == (
+        f"Fine-tuned ssl-encoder version 1 (@champion) on 48 labels: test accuracy {result['test_acc']:.3f} on 24 images, "
+        "registered as ssl-classifier version 1 (@candidate)."
+    )
+    assert "fine-tuned" in note and "from scratch" in note and "airplane" in note
+    # The labeled folder as the run's dataset input, its DVC hash as the digest.
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "labeled" and dataset_input.dataset.digest == run.data.tags["data_version"]
+    assert json.loads(dataset_input.dataset.profile) == {"num_images": 72, "train": 48, "test": 24, "classes": 3}
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    # Per-class accuracy and the confusion matrix, as readable pictures in the run.
+    metrics = json.loads((project / "reports" / "finetune" / "metrics.json").read_text())
+    matrix = metrics["confusion_matrix"]["rows_true_columns_predicted"]
+    assert [sum(row) for row in matrix] == [8, 8, 8]
+    assert sum(matrix[i][i] for i in range(3)) / 24 == pytest.approx(result["test_acc"])
+    assert set(metrics["per_class_acc"]) == {"airplane", "cat", "ship"}
+    for picture in ("per_class_accuracy.png", "confusion_matrix.png"):
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"plots/{picture}", dst_path=str(tmp_path))
+        width, height = Image.open(local).size
+        assert width >= 400 and height >= 240, picture
+    # The classifier version: a plain-text description, an alias, a link to the encoder version.
+    assert version.aliases == ["candidate"]
+    assert version.description.startswith(
+        f"Classifier fine-tuned from ssl-encoder version 1 (@champion) on 48 labels: test accuracy {result['test_acc']:.3f}."
+    )
+    assert "**" not in version.description and "```" not in version.description
+    assert version.tags["encoder_url"].endswith("/#/models/ssl-encoder/versions/1?workflowType=machine_learning")
+    assert f"Encoder: models:/ssl-encoder/1, {version.tags['encoder_url']}" in version.description
+    assert run.data.tags["encoder_url"] == version.tags["encoder_url"]
+    assert "@candidate" in client.get_registered_model("ssl-classifier").description
 
 
 def test_without_a_champion_nothing_is_trained_or_registered(project, mlflow_store, prefect_server):

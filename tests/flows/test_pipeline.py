@@ -81,6 +81,8 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
         assert key in run.data.metrics
     assert run.data.tags["data_version"] == dvc_hash(project / "data" / "prepared" / "unlabeled")
     assert run.data.tags["prefect_flow_run_id"] == str(flow_run_id)
+    assert run.data.tags["sslpipe.launched_by"] == "ssl-pipeline flow" and "sslpipe.dvc_repro" not in run.data.tags
+    assert not run.info.run_name.startswith("dvc-")
     assert run.data.tags["git_commit"]
     artifacts = {a.path for folder in ("plots", "augment", "validation") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"plots/curves.png", "plots/evaluation.png", "augment/augment_preview.png", "validation/unlabeled.json"} <= artifacts
@@ -89,7 +91,11 @@ def test_flow_runs_every_stage_and_registers_the_encoder(project, mlflow_store, 
     curve = metrics["label_efficiency"]
     assert set(curve["ssl_finetune"]) == set(curve["scratch"]) == {"1%", "10%", "100%"}
     assert metrics["supervised_scratch"]["test_acc"] == curve["scratch"]["100%"]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "label_efficiency/scratch")] == [3, 6, 48]
+    # The curve is a table beside its picture, not metric steps 3, 6, 48 charted like training; its headline a metric.
+    assert "label_efficiency/scratch" not in run.data.metrics
+    table = client.load_table(run.info.experiment_id, "label_efficiency.json", run_ids=[run.info.run_id])
+    assert table["labels"].tolist() == [3, 6, 48] and table["share"].tolist() == ["1%", "10%", "100%"]
+    assert run.data.metrics["label_efficiency/fewest_labels/scratch"] == pytest.approx(curve["scratch"]["1%"], rel=1e-5)
 
     version = client.get_model_version_by_alias("ssl-encoder", "challenger")
     assert int(version.version) == registered.version == 1

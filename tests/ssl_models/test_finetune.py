@@ -13,6 +13,7 @@ from ssl_models.finetune import (
     TEXT_FINETUNE,
     FinetuneSettings,
     classifier_accuracy,
+    confusion_matrix,
     finetune_accuracy,
     image_augment,
     load_classifier,
@@ -99,6 +100,18 @@ def test_fine_tuning_and_scratch_learn_an_easy_task_without_touching_the_encoder
     assert acc > 0.9 and scratch_acc > 0.9
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     assert classifier(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_confusion_matrix_counts_true_against_predicted_and_agrees_with_the_accuracy():
+    train, test = _colour_images(12, seed=0), _colour_images(8, seed=1)
+    settings = FinetuneSettings(steps=3, batch_size=16, lr=0.05, warmup_steps=1)
+    classifier = train_classifier(_encoder(), *train, num_classes=3, settings=settings, augment=image_augment(settings))
+    matrix = confusion_matrix(classifier, *test, 3, extract_features)
+    predicted = extract_features(classifier, test[0]).argmax(1)
+    assert matrix.shape == (3, 3) and matrix.dtype == torch.int64
+    assert matrix.sum(1).tolist() == [8, 8, 8]  # each row: the test items of that true class
+    assert matrix.sum(0).tolist() == torch.bincount(predicted, minlength=3).tolist()  # each column: what was predicted
+    assert matrix.trace().item() / matrix.sum().item() == pytest.approx(classifier_accuracy(classifier, *test, features=extract_features))
 
 
 def test_untrained_classifier_is_at_chance_and_training_is_what_helps():

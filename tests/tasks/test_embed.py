@@ -114,6 +114,14 @@ def test_the_index_is_tagged_and_logged(embedded):
     efficiency = pd.read_csv(layout.selection / "label_efficiency.csv")
     assert set(efficiency["strategy"]) == {"typiclust", "kcenter", "random"}
     assert sorted(set(efficiency["budget"])) == [3, 6, 15]  # 1, 2, 5 per class, 3 classes
+    # In MLflow: a table beside its picture, not metric steps at the budgets; the headline a metric, the best a tag.
+    assert not any(key.startswith("selection_efficiency/") and "smallest_budget" not in key for key in run.data.metrics)
+    table = client.load_table(run.info.experiment_id, "selection/label_efficiency.json", run_ids=[run.info.run_id])
+    assert len(table) == len(efficiency) and table["budget"].tolist() == efficiency["budget"].tolist()
+    first = efficiency[(efficiency["strategy"] == "typiclust") & (efficiency["budget"] == 3)]["accuracy"].item()
+    assert run.data.metrics["selection_efficiency/smallest_budget/typiclust"] == pytest.approx(first, abs=1e-5)
+    best = json.loads((layout.selection / "metrics.json").read_text())["best_at_smallest_budget"]
+    assert run.data.tags["selection.best_at_smallest_budget"] == best
     outliers = pd.read_csv(layout.selection / "outliers.csv")
     assert outliers["density"].is_monotonic_increasing
     assert len(pd.read_csv(layout.selection / "selected.csv")) == 10

@@ -29,7 +29,7 @@ class Recorder:
     run_name = "simclr-1a2b3c4d"
 
     def __init__(self):
-        self.artifacts, self.metrics = [], {}
+        self.artifacts, self.params = [], {}
 
     def log_artifact(self, path, folder):
         assert path.exists(), path
@@ -39,8 +39,10 @@ class Recorder:
         assert (path / "index.html").exists(), path
         self.artifacts.append(folder)
 
-    def log_metrics(self, metrics):
-        self.metrics |= metrics
+    def log_params(self, params):
+        assert all(isinstance(value, str) for value in params.values()), params
+        assert not set(params) & set(self.params), "a param logged twice"
+        self.params |= params
 
 
 def _sources(modality, tmp_path, tiny_data, tiny_text):
@@ -97,8 +99,8 @@ def test_the_shell_writes_and_logs_the_same_for_every_modality(modality, tmp_pat
         [f"validation/{n}.{ext}" for n in ("unlabeled", "labeled") for ext in ("json", "html")]
         + ["validation/data_docs/unlabeled", "validation/data_docs/labeled", "validation/quarantine.csv"]
     )
-    assert ctx.tracker.metrics[f"validation/unlabeled/fault/{fault}"] == 1
-    assert ctx.tracker.metrics["validation/unlabeled/accepted"] == len(table) - 1
+    assert ctx.tracker.params[f"validation/unlabeled/fault/{fault}"] == "1"
+    assert ctx.tracker.params["validation/unlabeled/accepted"] == str(len(table) - 1)
 
     # A rerun replaces the Data Docs whole and leaves no staging names behind.
     assert validate(_context(modality, tmp_path / "project", unlabeled, labeled, QUARANTINE)).success

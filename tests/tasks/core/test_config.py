@@ -38,6 +38,9 @@ def test_view_recipe_follows_the_image_size_unless_set():
         ("evaluate.label_fractions=[0.1, 2]", "evaluate.label_fractions"),
         ("register.min_improvement=-0.1", "register.min_improvement"),
         ("finetune.label_fraction=0", "finetune.label_fraction"),
+        ("finetune.alias=latest", "finetune.alias: 'latest': MLflow reserves"),
+        ("finetune.alias=v2", "finetune.alias"),
+        ("finetune.alias=new one", "finetune.alias"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):

@@ -4,6 +4,8 @@ report's, rows read from the metrics (no modality's list), the label-efficiency 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import torch
 
@@ -63,7 +65,13 @@ def test_rows_are_read_from_the_metrics_whatever_the_modality_calls_its_baseline
     assert lines[5].startswith("supervised reference") and len(lines) == 6
 
 
-def test_curve_metrics_and_what_is_logged():
+def test_curve_metrics_and_what_is_logged(tmp_path, mlflow_store):
+    """Into a real MLflow run: scores as metrics, the label-efficiency curve as a table (not as
+    metric steps 3, 30 that the UI charts like a training curve) with its headline at the fewest labels."""
+    from mlflow import MlflowClient
+
+    from tasks.registry.tracking import Tracker
+
     rows = [
         {"fraction": 0.1, "labels": 3, "ssl_finetune": 0.6, "scratch": 0.4},
         {"fraction": 1.0, "labels": 30, "ssl_finetune": 0.9, "scratch": 0.8},
@@ -73,21 +81,26 @@ def test_curve_metrics_and_what_is_logged():
         "supervised_scratch": {"test_acc": 0.8, "labels": 30},
         "label_efficiency": {"ssl_finetune": {"10%": 0.6, "100%": 0.9}, "scratch": {"10%": 0.4, "100%": 0.8}},
     }
-    logged: list[tuple[dict, int | None]] = []
-
-    class Tracker:
-        def log_metrics(self, metrics, step=None):
-            logged.append((metrics, step))
-
-        def log_artifact(self, path, folder=None):
-            pass
-
+    tracker = Tracker(tmp_path, "ssl-pipeline")
     row = {"linear_probe_acc": 0.5, "knn_acc": 0.25, "probe_weight_decay": 0.1}
-    log_evaluation(Tracker(), {"ssl": row, "tfidf": row, **curve, "encoder": {"sha256": "x"}}, rows, [], [])
-    names = {name for metrics, _ in logged for name in metrics}
-    assert {"ssl/linear_probe_acc", "tfidf/knn_acc", "supervised_scratch/test_acc", "label_efficiency/scratch"} <= names
+    for _ in range(2):  # evaluate run again into its model's run: the table is replaced, not appended to
+        log_evaluation(tracker, {"ssl": row, "tfidf": row, **curve, "encoder": {"sha256": "x"}}, rows, [], [])
+    client = MlflowClient(mlflow_store)
+    run = client.get_run(tracker.run_id)
+    names = set(run.data.metrics)
+    assert {"ssl/linear_probe_acc", "tfidf/knn_acc", "supervised_scratch/test_acc"} <= names
     assert not any(name.startswith("encoder") for name in names)
-    assert [step for metrics, step in logged if "label_efficiency/scratch" in metrics] == [3, 30]
+    assert not any(name in names for name in ("label_efficiency/scratch", "label_efficiency/ssl_finetune"))
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("label_efficiency/")} == {
+        "label_efficiency/fewest_labels/ssl_finetune": 0.6,
+        "label_efficiency/fewest_labels/scratch": 0.4,
+    }
+    table = client.load_table(run.info.experiment_id, "label_efficiency.json", run_ids=[tracker.run_id])
+    assert table["labels"].tolist() == [3, 30] and table["share"].tolist() == ["10%", "100%"]  # read back as MLflow reads tables
+    written = json.loads(Path(client.download_artifacts(tracker.run_id, "label_efficiency.json", str(tmp_path))).read_text())
+    assert written == {"columns": ["fraction", "labels", "ssl_finetune", "scratch", "share"],
+                       "data": [[0.1, 3, 0.6, 0.4, "10%"], [1.0, 30, 0.9, 0.8, "100%"]]}  # fmt: skip
+    assert {"path": "label_efficiency.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
 
 
 def test_label_efficiency_by_the_one_loop_on_text():

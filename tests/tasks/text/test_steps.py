@@ -28,6 +28,7 @@ class RecordingTracker:
     def __init__(self) -> None:
         self.metrics: dict[str, list] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.tables: dict[str, list[dict]] = {}
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         for key, value in metrics.items():
@@ -35,6 +36,9 @@ class RecordingTracker:
 
     def log_artifact(self, path, folder: str | None = None) -> None:
         self.artifacts.append((Path(path).name, folder))
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        self.tables[artifact_file] = rows
 
 
 def test_text_stages_end_to_end(tmp_path):
@@ -69,6 +73,8 @@ def test_text_stages_end_to_end(tmp_path):
     assert metrics["encoder"] == {"sha256": "abc123", "run_id": "run-1"}
     assert (tmp_path / "reports" / "label_efficiency.csv").read_text().splitlines()[0] == "fraction,labels,ssl_finetune,scratch"
     assert {"tfidf/linear_probe_acc", "ssl/knn_acc", "supervised_scratch/test_acc"} <= set(tracker.metrics)
-    assert [step for step, _ in tracker.metrics["label_efficiency/scratch"]] == [80, 800]
+    assert "label_efficiency/scratch" not in tracker.metrics  # a table, not metric steps
+    assert [row["labels"] for row in tracker.tables["label_efficiency.json"]] == [80, 800]
+    assert tracker.metrics["label_efficiency/fewest_labels/scratch"] == [(None, metrics["label_efficiency"]["scratch"]["10%"])]
     plots = {("evaluation.png", "plots"), ("label_efficiency.png", "plots"), ("embeddings.png", "plots")}
     assert plots | {("metrics.json", None), ("label_efficiency.csv", None)} == set(tracker.artifacts)
