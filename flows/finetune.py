@@ -2,8 +2,10 @@
 
 resolve the champion encoder -> prepare (validate, ingest) -> finetune (+ from-scratch comparison) -> register
 
-No champion, or bad data, ends the flow run Failed with a message saying so; nothing is
-trained or registered.
+No champion, or bad data, ends the task run that found it (resolve-encoder, prepare) and the
+flow run Failed with a message saying so; nothing is trained or registered. A fault while
+fine-tuning or registering ends the MLflow run FAILED with a description and ``error/*`` tags
+saying which stage failed and why (flows/stage_runner.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.stage_runner import StageFailed, end_on_fault
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.layout import Layout
 from tasks.finetune import (
@@ -28,9 +31,27 @@ from tasks.finetune import (
 )
 from tasks.registry.tracking import Tracker, run_name
 
-# The Prefect tasks are the stage functions as-is (no caching: a fine-tuning is asked for on purpose).
-resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
-finetune_prepare_task = task(finetune_prepare_stage, name="prepare", cache_policy=NO_CACHE)
+
+def _resolve_encoder(layout: Layout, cfg: PipelineConfig):
+    """The champion encoder; no champion fails the task run (StageFailed: one line in the CLI)."""
+    encoder = resolve_encoder_stage(layout, cfg)
+    if encoder is None:
+        raise StageFailed(no_encoder_message(cfg, finetune_modality(layout, cfg)))
+    return encoder
+
+
+def _prepare(layout: Layout, cfg: PipelineConfig, encoder):
+    """The validated, decoded labeled data; bad data fails the task run with the report."""
+    prepared = finetune_prepare_stage(layout, cfg, encoder)
+    if not prepared.ok:
+        raise StageFailed(prepared.message, prepared)
+    return prepared
+
+
+# The Prefect tasks are the stage functions (no caching: a fine-tuning is asked for on purpose);
+# a missing champion or bad data raises in its task, so that task run is Failed, not Completed.
+resolve_encoder_task = task(_resolve_encoder, name="resolve-encoder", cache_policy=NO_CACHE)
+finetune_prepare_task = task(_prepare, name="prepare", cache_policy=NO_CACHE)
 finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
 register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)
 
@@ -63,21 +84,22 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
     layout = Layout.at(root)
     cfg = (config or load_config(layout.root / "params.yaml")).resolved()
-    encoder = resolve_encoder_task(layout, cfg)
-    if encoder is None:
-        return Failed(message=no_encoder_message(cfg, finetune_modality(layout, cfg)))
-    prepared = finetune_prepare_task(layout, cfg, encoder)
-    if not prepared.ok:
-        return Failed(message=prepared.message)
+    try:
+        encoder = resolve_encoder_task(layout, cfg)
+        prepared = finetune_prepare_task(layout, cfg, encoder)
+    except StageFailed as failed:
+        return Failed(message=str(failed))
     tracker = Tracker(
         layout.root, cfg.finetune.experiment, run_name=run_name(f"finetune-{encoder.name}-v{encoder.version}"),
         tags={"prefect_flow_run_id": str(flow_run.id or "")},
     )  # fmt: skip
+    stage = "finetune"
     try:
         result = finetune_task(layout, cfg, encoder, tracker)
+        stage = "register-classifier"
         version = register_classifier_task(layout, cfg, result)
     except BaseException as err:
-        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        end_on_fault(tracker, stage, err)
         raise
     tracker.end()
     result.pop("tags")
