@@ -29,7 +29,7 @@ from tasks.finetune import (
     register_classifier_stage,
     resolve_encoder_stage,
 )
-from tasks.registry.tracking import Tracker, run_name
+from tasks.registry.tracking import Tracker, model_version_url, run_name, tracking_uri, ui_base, ui_hint, ui_url
 
 
 def _resolve_encoder(layout: Layout, cfg: PipelineConfig):
@@ -79,6 +79,20 @@ def flow_run_name() -> str:
     return f"fine-tune @{f.encoder_alias} on {Path(f.data).name}, {f.label_fraction:.0%} of the labels"
 
 
+def _mlflow_links(layout: Layout, run_id: str, model_name: str, version) -> str:
+    """Markdown links to the fine-tuning run and the classifier version, in the MLflow UI of
+    the store in use (a tracking server's own address, else $MLFLOW_UI_URL)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(layout.root)
+    base = ui_base(uri)
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return (
+        f"MLflow run [{run_id}]({ui_url(base, experiment_id, run_id)}), "
+        f"model [{model_name} version {version}]({model_version_url(base, model_name, version)}).{ui_hint(uri)}"
+    )
+
+
 @flow(name="ssl-finetune", flow_run_name=flow_run_name, log_prints=True)
 def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
@@ -104,8 +118,6 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     tracker.end()
     result.pop("tags")
     model_name = cfg.finetune.text_model_name if encoder.modality == "text" else cfg.finetune.model_name
-    create_markdown_artifact(
-        key="ssl-finetune-summary",
-        markdown=f"## {model_name} v{version}\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
-    )
+    links = _mlflow_links(layout, result["run_id"], model_name, version)
+    create_markdown_artifact(key="ssl-finetune-summary", markdown=f"## {model_name} v{version}\n\n```\n{summary(result)}\n```\n\n{links}")
     return result | {"version": version, "model_name": model_name, "images": prepared.counts}  # images: documents for text

@@ -43,7 +43,7 @@ from tasks.core.layout import Layout
 from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
 from tasks.evaluation.scoring import scored_rows, summary_table
-from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
+from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_hint, ui_url
 from tasks.stages import PIPELINE, STAGES, Stage
 
 log = logging.getLogger("sslpipe")
@@ -152,7 +152,7 @@ def _publish(layout: Layout, cfg: PipelineConfig, registered, metrics: dict) -> 
     uri = tracking_uri(layout.root)
     base = ui_base(uri)
     experiment_id = MlflowClient(uri).get_run(registered.run_id).info.experiment_id
-    hint = "" if base == uri else f" A local store: open it with `mlflow ui --backend-store-uri {uri}`."
+    hint = ui_hint(uri)
     create_link_artifact(
         key="mlflow-run",
         link=ui_url(base, experiment_id, registered.run_id),

@@ -74,7 +74,6 @@ def test_without_a_champion_nothing_is_trained_or_registered(project, mlflow_sto
     state = finetune_flow(config=_config(project), root=str(project), return_state=True)
     assert state.is_failed()
     assert "models:/ssl-encoder@champion does not exist" in state.message
-    assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "FAILED"}  # the task that found no champion
     assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "FAILED"}  # the task that found it, not Completed
     assert not (project / "models" / "classifier").exists()
     assert MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models() == []
@@ -87,7 +86,6 @@ def test_a_corrupt_image_stops_finetuning_at_validation(project, mlflow_store, p
     state = finetune_flow(config=_config(project), root=str(project), return_state=True)
     assert state.is_failed()
     assert "broken.jpg" in state.message
-    assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "COMPLETED", "prepare": "FAILED"}
     assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "COMPLETED", "prepare": "FAILED"}
     assert not (project / "models" / "classifier").exists()
     assert [m.name for m in MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models()] == ["ssl-encoder"]
