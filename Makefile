@@ -47,8 +47,11 @@ test: lint
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+## Listens where the Prefect artifacts' MLflow links point: $$MLFLOW_UI_URL, default http://127.0.0.1:5000
+## (tasks/registry/tracking.py, DEFAULT_UI).
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		$$($(BIN)/python -c 'from tasks.registry.tracking import ui_listen_args; print(ui_listen_args())')
 
 prefect-ui: setup
 	$(BIN)/prefect server start

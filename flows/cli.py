@@ -393,6 +393,7 @@ EXPECTED = (
     "ssl_models.training:TrainingStopped",
     "ssl_models.training:CheckpointMismatch",
     "tasks.curation.index:CurationError",
+    "flows.stage_runner:StageFailed",
 )
 
 

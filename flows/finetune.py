@@ -2,8 +2,10 @@
 
 resolve the champion encoder -> prepare (validate, ingest) -> finetune (+ from-scratch comparison) -> register
 
-No champion, or bad data, ends the flow run Failed with a message saying so; nothing is
-trained or registered.
+No champion, or bad data, ends the task run that found it (resolve-encoder, prepare) and the
+flow run Failed with a message saying so; nothing is trained or registered. A fault while
+fine-tuning or registering ends the MLflow run FAILED with a description and ``error/*`` tags
+saying which stage failed and why (flows/stage_runner.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.run_logs import run_logs_to_prefect
-from flows.stage_runner import LAUNCHED_BY
+from flows.stage_runner import LAUNCHED_BY, StageFailed, end_on_fault
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.layout import Layout
 from tasks.finetune import (
@@ -28,11 +30,29 @@ from tasks.finetune import (
     register_classifier_stage,
     resolve_encoder_stage,
 )
-from tasks.registry.tracking import Tracker, run_name
+from tasks.registry.tracking import Tracker, model_version_url, run_name, tracking_uri, ui_base, ui_hint, ui_url
 
-# The Prefect tasks are the stage functions as-is (no caching: a fine-tuning is asked for on purpose).
-resolve_encoder_task = task(resolve_encoder_stage, name="resolve-encoder", cache_policy=NO_CACHE)
-finetune_prepare_task = task(finetune_prepare_stage, name="prepare", cache_policy=NO_CACHE)
+
+def _resolve_encoder(layout: Layout, cfg: PipelineConfig):
+    """The champion encoder; no champion fails the task run (StageFailed: one line in the CLI)."""
+    encoder = resolve_encoder_stage(layout, cfg)
+    if encoder is None:
+        raise StageFailed(no_encoder_message(cfg, finetune_modality(layout, cfg)))
+    return encoder
+
+
+def _prepare(layout: Layout, cfg: PipelineConfig, encoder):
+    """The validated, decoded labeled data; bad data fails the task run with the report."""
+    prepared = finetune_prepare_stage(layout, cfg, encoder)
+    if not prepared.ok:
+        raise StageFailed(prepared.message, prepared)
+    return prepared
+
+
+# The Prefect tasks are the stage functions (no caching: a fine-tuning is asked for on purpose);
+# a missing champion or bad data raises in its task, so that task run is Failed, not Completed.
+resolve_encoder_task = task(_resolve_encoder, name="resolve-encoder", cache_policy=NO_CACHE)
+finetune_prepare_task = task(_prepare, name="prepare", cache_policy=NO_CACHE)
 finetune_task = task(finetune_stage, name="finetune", cache_policy=NO_CACHE)
 register_classifier_task = task(register_classifier_stage, name="register-classifier", cache_policy=NO_CACHE)
 
@@ -73,6 +93,20 @@ def task_run_names(cfg: PipelineConfig, modality: str) -> dict[str, str]:
     }
 
 
+def _mlflow_links(layout: Layout, run_id: str, model_name: str, version) -> str:
+    """Markdown links to the fine-tuning run and the classifier version, in the MLflow UI of
+    the store in use (a tracking server's own address, else $MLFLOW_UI_URL)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(layout.root)
+    base = ui_base(uri)
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return (
+        f"MLflow run [{run_id}]({ui_url(base, experiment_id, run_id)}), "
+        f"model [{model_name} version {version}]({model_version_url(base, model_name, version)}).{ui_hint(uri)}"
+    )
+
+
 @flow(name="ssl-finetune", flow_run_name=flow_run_name, log_prints=True)
 def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
     """Fine-tune the champion encoder on ``finetune.data`` and register the classifier."""
@@ -85,27 +119,29 @@ def finetune_flow(config: PipelineConfig | None = None, root: str = "."):
 
 def _finetune(layout: Layout, cfg: PipelineConfig):
     names = task_run_names(cfg, finetune_modality(layout, cfg))
-    encoder = resolve_encoder_task.with_options(task_run_name=names["resolve-encoder"])(layout, cfg)
-    if encoder is None:
-        return Failed(message=no_encoder_message(cfg, finetune_modality(layout, cfg)))
-    prepared = finetune_prepare_task.with_options(task_run_name=names["prepare"])(layout, cfg, encoder)
-    if not prepared.ok:
-        return Failed(message=prepared.message)
+    try:
+        encoder = resolve_encoder_task.with_options(task_run_name=names["resolve-encoder"])(layout, cfg)
+        prepared = finetune_prepare_task.with_options(task_run_name=names["prepare"])(layout, cfg, encoder)
+    except StageFailed as failed:
+        return Failed(message=str(failed))
     tracker = Tracker(
         layout.root, cfg.finetune.experiment, run_name=run_name(f"finetune-{encoder.name}-v{encoder.version}"),
         tags={"prefect_flow_run_id": str(flow_run.id or ""), LAUNCHED_BY: "ssl-finetune flow"},
     )  # fmt: skip
+    stage = "finetune"
     try:
         result = finetune_task.with_options(task_run_name=names["finetune"])(layout, cfg, encoder, tracker)
+        stage = "register-classifier"
         version = register_classifier_task.with_options(task_run_name=names["register-classifier"])(layout, cfg, result)
     except BaseException as err:
-        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        end_on_fault(tracker, stage, err)
         raise
     tracker.end()
     result.pop("tags")
     model_name = cfg.finetune.text_model_name if encoder.modality == "text" else cfg.finetune.model_name
+    links = _mlflow_links(layout, result["run_id"], model_name, version)
     create_markdown_artifact(
         key="ssl-finetune-summary",
-        markdown=f"## {model_name} v{version} (@{cfg.finetune.alias})\n\n```\n{summary(result)}\n```\n\nMLflow run `{result['run_id']}`",
+        markdown=f"## {model_name} v{version} (@{cfg.finetune.alias})\n\n```\n{summary(result)}\n```\n\n{links}",
     )
     return result | {"version": version, "model_name": model_name, "images": prepared.counts}  # images: documents for text

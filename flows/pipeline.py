@@ -10,8 +10,9 @@ unchanged) is skipped (its result is read back from its outputs), and every stag
 recorded in ``dvc.lock`` as ``dvc repro`` would (tasks/core/freshness.py); ``force`` reruns
 everything. The flow
 owns one MLflow run, created when a stage first logs: a run where nothing changed creates
-none and registers nothing. Bad data ends the flow run Failed with the validation report as
-its message (no traceback, nothing trained or registered).
+none and registers nothing. Bad data ends the validate task run and the flow run Failed with
+the validation report as the message (nothing trained or registered), and the MLflow run
+FAILED with a description saying so (flows/stage_runner.py).
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ from prefect.states import Failed
 
 from flows.fault_log import note_stage
 from flows.run_logs import run_logs_to_prefect
-from flows.stage_runner import LAUNCHED_BY, end_quietly, pipeline_tracker, stage_context, tracker_for
+from flows.stage_runner import (
+    LAUNCHED_BY,
+    StageFailed,
+    end_failed,
+    end_on_fault,
+    failed_validation,
+    failing_task_fn,
+    pipeline_tracker,
+    stage_context,
+    tracker_for,
+)
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.freshness import Book
 from tasks.core.layout import Layout
 from tasks.core.results import MissingInput
 from tasks.core.root_lock import hold_root
 from tasks.evaluation.scoring import scored_rows, summary_table
-from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_url
+from tasks.registry.tracking import model_version_url, tracking_uri, ui_base, ui_hint, ui_url
 from tasks.stages import PIPELINE, STAGES, Stage
 
 log = logging.getLogger("sslpipe")
@@ -107,21 +118,27 @@ def _run_stages(layout: Layout, cfg: PipelineConfig, book: Book, force: bool, pr
             inputs = {name: results[name] for name in stage.inputs}
             ctx = stage_context(stage, layout, cfg, tracker_for(stage, layout, cfg, inputs, own), progress)
             log.info("%s: running (%s)", stage.name, reason)
-            run = task(stage.load(), name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
-            result = run(ctx, *inputs.values())
+            # Bad data is a result, not an exception; in its task it raises, so the task run is Failed too.
+            fn = failing_task_fn(stage.load(), failed_validation)
+            run = task(fn, name=stage.name, task_run_name=task_run_name(stage, cfg), cache_policy=NO_CACHE)
+            try:
+                result = run(ctx, *inputs.values())
+            except StageFailed as failed:
+                result = failed.result
             results[stage.name], ran[stage.name] = result, reason
             if stage.name == "validate":
                 create_markdown_artifact(key="data-validation", markdown=result.markdown, description="Both sources through the checks")
-                if not result.success:
-                    own.end("FAILED")
-                    return Failed(message="\n".join(result.summaries))
+            why = failed_validation(result)
+            if why is not None:
+                end_failed(own, stage.name, why)
+                return Failed(message="\n".join(result.summaries))
             if stage.name == "embed":
                 create_markdown_artifact(key="pool-curation", markdown=result.markdown, description="Near-duplicates, outliers, shortlist")
             book.record(stage)
     except BaseException as err:
         if stage is not None:
             note_stage(err, stage.name)  # the CLI's line names it
-        end_quietly(own, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        end_on_fault(own, None if stage is None else stage.name, err)
         raise
     own.end()
     registered, evaluation = results["register"], results["evaluate"]
@@ -138,7 +155,7 @@ def _publish(layout: Layout, cfg: PipelineConfig, registered, metrics: dict) -> 
     uri = tracking_uri(layout.root)
     base = ui_base(uri)
     experiment_id = MlflowClient(uri).get_run(registered.run_id).info.experiment_id
-    hint = "" if base == uri else f" A local store: open it with `mlflow ui --backend-store-uri {uri}`."
+    hint = ui_hint(uri)
     create_link_artifact(
         key="mlflow-run",
         link=ui_url(base, experiment_id, registered.run_id),

@@ -5,7 +5,8 @@ Nothing is trained on data that did not pass. Writes, per source, the report (``
 the table with its ``accepted`` column (ingest reads exactly those rows) and GX Data Docs
 (tasks/validation/source_check.py), and a self-contained HTML page, all under
 ``reports/validation/``; the drift reference on a pass; every bad row in
-``reports/quarantine.csv``; and logs them all into the run. Bad data is a result
+``reports/quarantine.csv``; and logs the reports, pages and quarantine list into the run (not
+the Data Docs: they need a network for their styles; the page is the offline report). Bad data is a result
 (``Validated.success`` is False), not an exception: the flow ends Failed with the report, the
 CLI prints it and exits 2. A source that cannot be read at all raises ``SourceError`` (one line).
 
@@ -19,7 +20,7 @@ The modality's part (``ctx.part``, tasks/<modality>/validate.py) is a :class:`Va
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Protocol, runtime_checkable
 
 import pandas as pd
@@ -57,17 +58,18 @@ def validate(ctx: StageContext) -> Validated:
     ]
 
     write_text(layout.quarantine, pd.concat([quarantine_rows(t, r.name, unit) for r, t in checked], ignore_index=True).to_csv(index=False))
+    reports = []
     for report, table in checked:
-        # Readable offline (GX Data Docs load their assets from CDNs): one self-contained page.
-        page = render(asdict(report), table, unit=unit, run_name=tracker.run_name, data_docs=report.data_docs)
-        write_text(layout.validation / f"{report.name}.html", page)
+        # Readable offline: one self-contained page. GX's Data Docs load their styles, scripts and
+        # icons from CDNs (unstyled without a network), so they stay on disk only, not in MLflow.
+        page = layout.validation / f"{report.name}.html"
+        write_text(page, render(asdict(report), table, unit=unit, run_name=tracker.run_name, data_docs=report.data_docs))
         tracker.log_artifact(layout.validation / f"{report.name}.json", "validation")
-        tracker.log_artifact(layout.validation / f"{report.name}.html", "validation")
+        tracker.log_artifact(page, "validation")
         tracker.log_params(report_params(asdict(report)))  # facts of the data: params, not one-point metric charts
-        tracker.log_artifacts(layout.validation / "data_docs" / report.name, f"validation/data_docs/{report.name}")
+        reports.append(replace(report, page=str(page)))
     tracker.log_artifact(layout.quarantine, "validation")
 
-    reports = [report for report, _ in checked]
     for report in reports:
         (log.info if report.success else log.error)("%s", report.summary())
     markdown = f"## Data validation ({unit.name})\n\n" + "\n\n".join(r.markdown() for r in reports)

@@ -188,12 +188,14 @@ def log_classifier_model(classifier_dir: str | Path, name: str, run_id: str | No
     return _log(classifier_dir, name, run_id, tags, "ssl-classifier", metadata["num_classes"], input_example, metadata)
 
 
-def version_description(decision: str, table: str, lines: dict[str, str] | None = None) -> str:
-    """Markdown for a model version: the gate's decision, the evaluation table, and any
-    further ``key: value`` lines (e.g. data version, run id). It starts with plain words:
-    the registry's versions table shows the description's first characters as they are."""
+def version_description(decision: str, table: str, lines: dict[str, str] | None = None, verdict: str = "") -> str:
+    """Markdown for a model version: ``verdict`` (the gate's decision in one sentence: promoted,
+    rejected), the gate's numbers, the evaluation table, and any further ``key: value`` lines
+    (e.g. data version, run id). It starts with plain words: the registry's versions table shows
+    the description's first characters as they are."""
     extra = "".join(f"- **{key}**: {value}\n" for key, value in (lines or {}).items())
-    return f"Promotion gate: {decision}\n\n{extra}\n```\n{table.rstrip()}\n```\n"
+    head = f"{verdict} " if verdict else ""
+    return f"{head}Promotion gate: {decision}\n\n{extra}\n```\n{table.rstrip()}\n```\n"
 
 
 def describe_version(client, name: str, version: str | int, text: str) -> None:

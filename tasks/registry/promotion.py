@@ -174,9 +174,12 @@ class Decision:
     min_improvement: float
 
     def tags(self) -> dict[str, str]:
-        """For the challenger's model version and the pipeline's run."""
+        """For the challenger's model version and the pipeline's run. ``gate`` (promoted |
+        rejected) is the short one the registry's versions table shows first."""
+        decision = "promoted" if self.promoted else "rejected"
         return {
-            "gate/decision": "promoted" if self.promoted else "rejected",
+            "gate": decision,
+            "gate/decision": decision,
             "gate/reason": self.reason,
             "gate/challenger_version": str(self.challenger_version),
             "gate/challenger_probe_acc": f"{self.challenger_acc:.4f}",
@@ -191,6 +194,18 @@ class Decision:
         if self.champion_acc is not None:
             out["gate/champion_probe_acc"] = self.champion_acc
         return out
+
+    def verdict(self, champion_alias: str = "champion") -> str:
+        """The version description's first sentence, true for as long as the version exists
+        (it may hold ``@challenger`` now, not after the next registration)."""
+        if self.reason == "same_weights":
+            return f"Kept @{champion_alias} by the promotion gate: the same weights as the champion."
+        if self.promoted:
+            return f"Promoted to @{champion_alias} by the promotion gate."
+        return (
+            f"Rejected by the promotion gate: not made @{champion_alias}, which stayed version {self.champion_version}; "
+            "use it only as a candidate (or `sslpipe promote` it by hand)."
+        )
 
     def summary(self) -> str:
         if self.reason == "first":
@@ -328,8 +343,14 @@ def _promote(client, name: str, version: str, alias: str) -> str | None:
     if previous is not None and str(previous.version) == str(target.version):
         raise PromotionError(f"{name} version {target.version} already is @{alias}")
     _set_champion(client, name, alias, target.version, None if previous is None else previous.version)
+    client.set_model_version_tag(name, target.version, "gate", "promoted")
     client.set_model_version_tag(name, target.version, "gate/decision", "promoted")
     client.set_model_version_tag(name, target.version, "gate/reason", "manual")
+    if target.tags.get("gate") == "rejected" or (target.description or "").startswith("Rejected"):
+        # Its description began "Rejected by the promotion gate"; say first what it is now.
+        was = "none" if previous is None else f"version {previous.version}"
+        note = f"Promoted to @{alias} by hand (`sslpipe promote`), replacing {was}; the gate had rejected it:\n\n"
+        client.update_model_version(name, str(target.version), description=note + (target.description or ""))
     return None if previous is None else str(previous.version)
 
 

@@ -52,8 +52,9 @@ def describe_model(client, model_name: str, r) -> None:
     client.update_registered_model(
         model_name,
         description=(
-            f"Encoders pretrained by sslpipe's self-supervised pipeline. Every version gets @{r.alias}; the promotion gate "
-            f"makes the best by linear-probe accuracy @{r.champion_alias} (version tags: gate/*, data and code lineage). "
+            f"Encoders pretrained by sslpipe's self-supervised pipeline. Every new version gets @{r.alias}; the promotion gate "
+            f"makes the best by linear-probe accuracy @{r.champion_alias}. A version it rejected keeps @{r.alias} until the "
+            f"next one and is tagged gate: rejected, its description says so (version tags: gate/*, data and code lineage). "
             f"Load one with mlflow.pyfunc.load_model('models:/{model_name}@{r.champion_alias}')."
         ),
     )
@@ -133,7 +134,8 @@ def record_registration(
         "evaluation data version": prepared.eval_data_version,
         "MLflow run": pretrained.run_id,
     }
-    description = version_description(decision.summary(), summary_table(evaluation.metrics), facts)
+    verdict = decision.verdict(cfg.register.champion_alias)
+    description = version_description(decision.summary(), summary_table(evaluation.metrics), facts, verdict=verdict)
     describe_version(mlflow.MlflowClient(), model_name, version.version, description)
     # The run's description too: the UI shows it above the run's metrics, results before the
     # validation statistics logged first. Its first line, all that the collapsed description

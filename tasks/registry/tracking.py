@@ -81,15 +81,37 @@ def model_version_url(base: str, name: str, version: int | str) -> str:
     return f"{base.rstrip('/')}/#/models/{name}/versions/{version}?workflowType=machine_learning"
 
 
-DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+# Where the UI of a local store (sqlite, files) is served: `make mlflow-ui` listens here (it
+# asks :func:`ui_listen_args`) and the links in Prefect's artifacts point here. One place:
+# ``$MLFLOW_UI_URL`` if set, else this (where `mlflow ui` listens by default).
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def local_ui() -> str:
+    """The address the UI of a local store is served at: ``$MLFLOW_UI_URL`` or :data:`DEFAULT_UI`."""
+    return (os.environ.get("MLFLOW_UI_URL") or DEFAULT_UI).rstrip("/")
 
 
 def ui_base(uri: str) -> str:
-    """The MLflow UI for tracking ``uri``: a tracking server serves its own UI; for a local
-    store, ``$MLFLOW_UI_URL`` or where ``mlflow ui --backend-store-uri URI`` listens by default."""
+    """The MLflow UI for tracking ``uri``: a tracking server serves its own UI at its own
+    address; a local store's is :func:`local_ui`."""
     if uri.startswith(("http://", "https://")):
-        return uri
-    return os.environ.get("MLFLOW_UI_URL") or DEFAULT_UI
+        return uri.rstrip("/")
+    return local_ui()
+
+
+def ui_listen_args() -> str:
+    """``--host H --port P`` for ``mlflow ui`` to serve a local store where :func:`local_ui`
+    says (what `make mlflow-ui` runs, so the artifacts' links and the UI agree)."""
+    address = urlparse(local_ui())
+    return f"--host {address.hostname or '127.0.0.1'} --port {address.port or 5000}"
+
+
+def ui_hint(uri: str) -> str:
+    """For a link into a local store's UI, how to start that UI (a tracking server's is up)."""
+    if uri.startswith(("http://", "https://")):
+        return ""
+    return f" A local store: start its UI with `make mlflow-ui` (or `mlflow ui --backend-store-uri {uri} {ui_listen_args()}`)."
 
 
 def run_name(prefix: str, data_version: str | None = None, now: datetime | None = None) -> str:

@@ -45,6 +45,7 @@ class ValidationReport:
     quarantine_failures: list[Failure] = field(default_factory=list)  # failed expectations over the good rows only
     data_docs: str | None = None
     unit: str = "images"  # what ``images`` counts: images, or documents
+    page: str | None = None  # the self-contained HTML report (readable offline), once written
 
     @property
     def bad(self) -> int:
@@ -69,7 +70,9 @@ class ValidationReport:
             more = f" (first {len(self.bad_files)} of {self.bad})" if self.bad > len(self.bad_files) else ""
             lines.append(f"  offending files{more}:")
             lines += [f"    {line}" for line in self.bad_files]
-        if self.data_docs:
+        if self.page:  # readable offline; GX's Data Docs need a network for their styles
+            lines.append(f"  report: {self.page}")
+        elif self.data_docs:
             lines.append(f"  Data Docs: {self.data_docs}")
         return "\n".join(lines)
 

@@ -21,8 +21,14 @@ from ssl_models.finetune import load_classifier
 from tasks.core.config import load_config
 from tasks.finetune import load_registered_classifier
 from tests.conftest import make_registrable_project, register_stage
+from tests.flows.test_pipeline import _task_runs as _named_task_runs
 
 BIN = Path(sys.executable).parent
+
+
+def _task_runs(flow_run_id) -> dict[str, str]:
+    """Task name -> state of the flow run's task runs (Prefect names them ``prepare-a1b``)."""
+    return {name.rsplit("-", 1)[0]: state for name, state in _named_task_runs(flow_run_id).items()}
 
 
 def _config(project: Path, *overrides: str):
@@ -132,6 +138,7 @@ def test_without_a_champion_nothing_is_trained_or_registered(project, mlflow_sto
     state = finetune_flow(config=_config(project), root=str(project), return_state=True)
     assert state.is_failed()
     assert "models:/ssl-encoder@champion does not exist" in state.message
+    assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "FAILED"}  # the task that found it, not Completed
     assert not (project / "models" / "classifier").exists()
     assert MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models() == []
 
@@ -143,6 +150,7 @@ def test_a_corrupt_image_stops_finetuning_at_validation(project, mlflow_store, p
     state = finetune_flow(config=_config(project), root=str(project), return_state=True)
     assert state.is_failed()
     assert "broken.jpg" in state.message
+    assert _task_runs(state.state_details.flow_run_id) == {"resolve-encoder": "COMPLETED", "prepare": "FAILED"}
     assert not (project / "models" / "classifier").exists()
     assert [m.name for m in MlflowClient(mlflow_store, registry_uri=mlflow_store).search_registered_models()] == ["ssl-encoder"]
 

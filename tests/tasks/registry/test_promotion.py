@@ -75,8 +75,13 @@ def test_gate_on_the_same_evaluation_data(tmp_path, mlflow_store, second, min_im
     assert record["champion"] is promoted
     assert champion(mlflow_store) == (2 if promoted else 1)
     assert int(client(mlflow_store).get_model_version_by_alias(NAME, "challenger").version) == 2
-    tags = client(mlflow_store).get_model_version(NAME, "2").tags
-    assert tags["gate/decision"] == ("promoted" if promoted else "rejected")
+    version = client(mlflow_store).get_model_version(NAME, "2")
+    tags = version.tags
+    assert tags["gate/decision"] == tags["gate"] == ("promoted" if promoted else "rejected")
+    # A rejected version holds @challenger alone: its tag and its description's first words say why
+    assert set(version.aliases) == ({"challenger", "champion"} if promoted else {"challenger"})
+    expected = "Promoted to @champion by the promotion gate." if promoted else "Rejected by the promotion gate: not made @champion"
+    assert version.description.startswith(expected), version.description[:200]
     assert tags["gate/champion_version"] == "1"
     assert float(tags["gate/champion_probe_acc"]) == 0.5 and float(tags["gate/challenger_probe_acc"]) == second
     assert tags["gate/champion_reevaluated"] == "false"  # same data: the champion's recorded score is comparable
@@ -168,6 +173,10 @@ def test_promote_and_rollback_by_hand_through_the_cli(tmp_path, mlflow_store):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "version 3 is now @champion (was version 2)" in out.stdout
     assert champion(mlflow_store) == 3
+    promoted = client(mlflow_store).get_model_version(NAME, "3")
+    assert promoted.tags["gate"] == "promoted" and promoted.tags["gate/reason"] == "manual"
+    assert promoted.description.startswith("Promoted to @champion by hand (`sslpipe promote`), replacing version 2")
+    assert "Rejected by the promotion gate" in promoted.description  # what the gate said stays below
 
     steps = [(_sslpipe("rollback", cwd=tmp_path), 2), (_sslpipe("rollback", cwd=tmp_path), 1)]
     for out, expected in steps:

@@ -2,6 +2,7 @@
 view), also one created before the mark; run names are readable and unique."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -44,6 +45,18 @@ def test_ui_links_point_at_the_server_or_the_local_ui(monkeypatch):
     monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5055")
     assert ui_base("sqlite:////tmp/mlflow.db") == "http://127.0.0.1:5055"
     assert model_version_url("http://h:1/", "ssl-encoder", 3) == "http://h:1/#/models/ssl-encoder/versions/3?workflowType=machine_learning"
+
+
+def test_make_mlflow_ui_listens_where_the_links_point(monkeypatch):
+    from tasks.registry.tracking import ui_hint, ui_listen_args
+
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    assert ui_listen_args() == "--host 127.0.0.1 --port 5000"
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://0.0.0.0:5055/")
+    assert ui_listen_args() == "--host 0.0.0.0 --port 5055"
+    assert ui_hint("http://mlflow.team:5000") == "" and "make mlflow-ui" in ui_hint("sqlite:////tmp/mlflow.db")
+    recipe = (Path(__file__).resolve().parents[3] / "Makefile").read_text().split("\nmlflow-ui:")[1].split("\n\n")[0]
+    assert "ui_listen_args" in recipe and "--port" not in recipe  # one place decides the port, not the Makefile
 
 
 def test_runs_fill_the_source_column_and_read_rounded_numbers(tmp_path, mlflow_store):
