@@ -111,6 +111,7 @@ def test_the_index_is_tagged_and_logged(embedded):
     assert run.data.metrics["select/near_duplicate_pairs"] == embedded["result"].counts["near_duplicate_pairs"] > 0
     logged = {f.path for f in client.list_artifacts(registered["run_id"], "selection")}
     assert {"selection/near_duplicates.csv", "selection/outliers.csv", "selection/selected.png"} <= logged
+    assert {"selection/label_efficiency.json", "selection/label_efficiency.png"} <= logged  # the table beside its picture
     efficiency = pd.read_csv(layout.selection / "label_efficiency.csv")
     assert set(efficiency["strategy"]) == {"typiclust", "kcenter", "random"}
     assert sorted(set(efficiency["budget"])) == [3, 6, 15]  # 1, 2, 5 per class, 3 classes
