@@ -143,5 +143,6 @@ def _finetune(layout: Layout, cfg: PipelineConfig):
     create_markdown_artifact(
         key="ssl-finetune-summary",
         markdown=f"## {model_name} v{version} (@{cfg.finetune.alias})\n\n```\n{summary(result)}\n```\n\n{links}",
+        description="The fine-tuned classifier: test accuracy, the from-scratch comparison, its MLflow run and version",
     )
     return result | {"version": version, "model_name": model_name, "images": prepared.counts}  # images: documents for text
