@@ -27,8 +27,8 @@ BIN = Path(sys.executable).parent
 
 
 def _task_runs(flow_run_id) -> dict[str, str]:
-    """Task name -> state of the flow run's task runs (Prefect names them ``prepare-a1b``)."""
-    return {name.rsplit("-", 1)[0]: state for name, state in _named_task_runs(flow_run_id).items()}
+    """Task -> state of the flow run's task runs (named ``prepare: validate and decode ...``)."""
+    return {name.split(":", 1)[0]: state for name, state in _named_task_runs(flow_run_id).items()}
 
 
 def _config(project: Path, *overrides: str):

@@ -191,15 +191,21 @@ def test_kill_9_leaves_nothing_alive_and_the_next_start_ends_the_dead_run(projec
 
 @pytest.mark.slow
 def test_two_runs_on_one_root_never_mix(project, mlflow_store):
-    shorter = ("--set", "pretrain.epochs=1", "--set", "evaluate.label_fractions=[1.0]")
-    first = start(project, "run", "-q", *shorter)
+    shorter = ("--set", "evaluate.label_fractions=[1.0]")
+    # The first trains long enough (60 tiny epochs, about a minute) to still hold the root when
+    # the refused run and the second one have started: with 1 epoch it could end first.
+    first = start(project, "run", "-q", *shorter, "--set", "pretrain.epochs=60")
     wait_for_running_run(first, store_path(mlflow_store))
     refused = sslpipe(project, "run", "--no-wait")
     assert refused.returncode == 2 and f"(pid {first.pid} on " in refused.stderr
-    second = start(project, "run", "-q", *shorter, "--set", "pretrain.seed=1")
+    second = start(project, "run", "-q", *shorter, "--set", "pretrain.epochs=1", "--set", "pretrain.seed=1")
+    deadline = time.monotonic() + 120
+    while f"waiting for {project.resolve()}" not in output(second)[1]:
+        assert first.poll() is None, "the first run ended before the second one reached the root lock"
+        assert second.poll() is None and time.monotonic() < deadline, output(second)[1][-2000:]
+        time.sleep(0.5)
     assert first.wait(timeout=900) == 0, output(first)[1][-2000:]
     assert second.wait(timeout=900) == 0, output(second)[1][-2000:]
-    assert f"waiting for {project.resolve()}" in output(second)[1]
 
     client = MlflowClient(mlflow_store, registry_uri=mlflow_store)
     versions = {int(v.version): v for v in client.search_model_versions("name = 'ssl-encoder'")}
