@@ -3,9 +3,11 @@ project root, a temp MLflow store, and one Prefect test server per session."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,39 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on a 2-core machine: one thread each (and in the processes
     # they start), or OpenMP's spinning threads fight over the cores and everything slows down.
     os.environ["OMP_NUM_THREADS"] = "1"
+
+# --- the longest test files first ------------------------------------------------------------
+# Two xdist workers (make test) end together only if no long test starts last: test files run
+# longest first, by the seconds each took in an earlier run (tests/durations.json; refresh it
+# with `pytest --store-durations`). A file's tests stay together and in their order, so its
+# module fixtures are set up once per worker. Files not listed follow in collection order.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true", help="write each test file's seconds to tests/durations.json")
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(_test_file(item.nodeid), 0.0))  # stable
+
+
+_seconds_by_file: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _seconds_by_file[_test_file(report.nodeid)] += report.duration  # setup, call and teardown
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("--store-durations") and not hasattr(session.config, "workerinput"):  # the controller
+        DURATIONS.write_text(json.dumps({name: round(s, 1) for name, s in sorted(_seconds_by_file.items())}, indent=0) + "\n")
+
 
 # Small enough to train in seconds on 2 cores, real enough to exercise every stage.
 TINY_PARAMS = {

@@ -46,6 +46,7 @@ PACKAGES = ("tasks", "ssl_models", "flows")
 # are deps of their own), the context and the result types. Only their imports within tasks/
 # are followed, or every stage would rerun when any SSL method changes.
 LEAVES = ("tasks.core.config", "tasks.core.context", "tasks.core.results")
+IMPORT_NAME = dis.opmap["IMPORT_NAME"]
 
 
 def _module_file(module: str) -> Path | None:
@@ -66,7 +67,8 @@ def _code_objects(code: types.CodeType):
             yield from _code_objects(const)
 
 
-def _imports(path: Path, module: str) -> set[str]:
+@cache
+def _imports(path: Path, module: str) -> frozenset[str]:
     """Project modules ``path`` imports (at any depth in the file, so lazy imports count).
 
     Read from the compiled bytecode (each IMPORT_NAME with its level and from-list), not from
@@ -76,6 +78,8 @@ def _imports(path: Path, module: str) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for code in _code_objects(compile(path.read_text(), str(path), "exec", dont_inherit=True)):
+        if IMPORT_NAME not in code.co_code:  # most functions import nothing: skip decoding them
+            continue
         instructions = list(dis.get_instructions(code))
         for i, instruction in enumerate(instructions):
             if instruction.opname != "IMPORT_NAME":
@@ -88,7 +92,7 @@ def _imports(path: Path, module: str) -> set[str]:
             found.add(base)
             found |= {f"{base}.{name}" for name in names or () if name != "*"}  # `from pkg import submodule`
     # importing a.b.c runs a/__init__.py and a/b/__init__.py too
-    return {".".join(name.split(".")[:i]) for name in found for i in range(1, len(name.split(".")) + 1)}
+    return frozenset(".".join(name.split(".")[:i]) for name in found for i in range(1, len(name.split(".")) + 1))
 
 
 @cache
