@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run every stage as one Prefect flow and print the summary",
-        description="Run validate, ingest, augment, pretrain, evaluate and register as one Prefect flow, tracked in one MLflow run. "
+        description="Run validate, ingest, augment, pretrain, evaluate, register and embed as one Prefect flow, tracked in one MLflow run. "
         "Stages whose code, params and inputs are unchanged since they last succeeded are skipped.",
     )
     _common(run)
