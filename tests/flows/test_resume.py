@@ -23,10 +23,9 @@ def _weights(root: Path) -> bytes:
 
 def test_a_killed_pretraining_resumes_to_the_same_encoder_in_the_same_run(project, tmp_path, mlflow_store):
     settings = ("--set", "pretrain.epochs=3", "--set", "pretrain.width=8")
-    twin = tmp_path / "twin"
-    shutil.copytree(project, twin)
     _prepare(project)
-    _prepare(twin)
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)  # the stages before pretrain once, for both copies
 
     run_sslpipe("pretrain", "-q", *settings, cwd=project)  # uninterrupted
     expected = _weights(project)
