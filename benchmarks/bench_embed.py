@@ -112,6 +112,7 @@ def main() -> None:
         print(json.dumps(one(args.one, args.width, args.device)))
         return
     rows = []
+    load_at_start = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as work:
         for size in args.sizes:
@@ -128,7 +129,7 @@ def main() -> None:
             rows.append(row)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores ({platform.processor() or platform.system()})",
-        "note": "CPU timings taken on a machine shared with other jobs (load ~20 on 2 cores): compare sizes, not absolutes",
+        "load_average_at_start": round(load_at_start, 2),  # other jobs on the machine skew the CPU timings
         "encoder": f"resnet18_cifar width {args.width}, random init",
         "device": args.device,
         "rows": rows,

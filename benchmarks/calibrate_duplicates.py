@@ -75,7 +75,7 @@ def main() -> None:
     def pct(x: torch.Tensor) -> dict:
         return {str(q): round(float(torch.quantile(x, q / 100)), 4) for q in (0, 1, 5, 50, 95, 99, 100)}
 
-    thresholds = [0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98]
+    thresholds = [0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
     result = {
         "root": str(args.root),
         "pool": len(pool),
@@ -86,6 +86,9 @@ def main() -> None:
         "at_threshold": {
             str(t): {
                 "copies_found": round(float((to_original >= t).float().mean()), 4),
+                "copies_found_by_kind": {
+                    k: round(float((to_original[i :: len(kinds)] >= t).float().mean()), 3) for i, k in enumerate(kinds)
+                },
                 "distinct_pairs_flagged": int((pairs >= t).sum()),
                 "distinct_pairs": len(pairs),
             }
