@@ -12,6 +12,17 @@ from mlflow import MlflowClient
 
 from tasks.registry.tracking import TAG_PID, end_dead_runs, end_interrupted_runs, owner_tags, tracked_run, use_store
 
+
+@pytest.fixture(autouse=True)
+def no_runs_of_earlier_tests(monkeypatch):
+    """end_interrupted_runs ends every run this process left open or failed; in a test worker
+    that includes the runs of earlier tests (other stores), so each test here starts with none."""
+    import tasks.registry.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_open_runs", {})
+    monkeypatch.setattr(tracking, "_ended_unfinished", {})
+
+
 REPO = Path(__file__).resolve().parents[3]
 
 # Opens a run with the owner tags and is killed with it open, as by kill -9.
