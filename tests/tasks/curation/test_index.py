@@ -87,3 +87,28 @@ def test_exclude_file_lines_or_a_csv(tmp_path):
 def test_a_missing_index_says_what_to_run(tmp_path):
     with pytest.raises(CurationError, match="sslpipe embed"):
         EmbeddingIndex.open(tmp_path / "nothing")
+
+
+def test_a_pool_beyond_the_flat_limit_gets_an_ivf_index_that_finds_the_neighbours_and_copies(tmp_path, monkeypatch):
+    """Above FLAT_LIMIT items the index is IVF (approximate): its neighbour table must agree with
+    the exact one, and every planted near-copy must still be found."""
+    import tasks.curation.index as index_module
+
+    generator = torch.Generator().manual_seed(2)
+    centres = torch.randn(40, 32, generator=generator)
+    x = centres[torch.randint(40, (4000,), generator=generator)] + 0.7 * torch.randn(4000, 32, generator=generator)
+    x[3900:] = x[:100] + 0.05 * torch.randn(100, 32, generator=generator)  # planted near-copies of items 0-99
+    (tmp_path / "exact").mkdir()
+    exact = build(tmp_path / "exact", x, batch=512, k=10)
+    monkeypatch.setattr(index_module, "FLAT_LIMIT", 1000)
+    (tmp_path / "ivf").mkdir()
+    approx = build(tmp_path / "ivf", x, batch=512, k=10)
+
+    assert exact.meta["index"] == "IndexFlatIP" and approx.meta["index"] == "IndexIVFFlat"
+    assert approx.meta["index_cells"] == int(4 * 4000**0.5) and approx.meta["index_probes"] == index_module.IVF_PROBES
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.neighbours, exact.neighbours, strict=True)])
+    assert recall > 0.95, recall
+    found = {(a, b) for a, b, _ in near_duplicate_pairs(approx, 0.95)}
+    assert {(i, 3900 + i) for i in range(100)} <= found
+    _, idx = approx.search(x[3950:3951], 2)
+    assert set(idx[0].tolist()) == {50, 3950}
