@@ -222,16 +222,19 @@ def per_class_accuracy_plot(classes: Sequence[str], matrix, path: Path, title: s
     overall = counts.trace() / max(counts.sum(), 1)
     fig, ax = plt.subplots(figsize=(6.4, max(3.0, 0.32 * len(classes) + 1.6)))
     positions = range(len(classes))
-    bars = ax.barh(positions, accuracy, color="tab:blue")
-    ax.bar_label(bars, [f"{a:.3f} (n={int(n)})" for a, n in zip(accuracy, totals, strict=True)], fontsize=8, padding=3)
+    ax.barh(positions, accuracy, color="tab:blue")
+    # The values in a column right of the axes (x = 1 and beyond), so neither a bar near 1 nor
+    # the overall line runs through them.
+    beside = ax.get_yaxis_transform()  # x in axes units, y in data units
+    for position, a, n in zip(positions, accuracy, totals, strict=True):
+        ax.text(1.02, position, f"{a:.3f} (n={int(n)})", transform=beside, fontsize=8, va="center", clip_on=False)
     ax.set_yticks(list(positions), list(classes), fontsize=9 if len(classes) <= 30 else 6)
     ax.invert_yaxis()  # the first class on top, as in the confusion matrix
-    ax.axvline(overall, linestyle="--", linewidth=1, color="tab:gray", label=f"overall ({overall:.3f})")
-    ax.set_xlim(0, 1.25)  # room for the value labels right of a bar near 1
+    ax.axvline(overall, linestyle="--", linewidth=1, color="tab:gray")
+    ax.set_xlim(0, 1)
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("class")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}\n(dashed: overall, {overall:.3f})", fontsize=11)  # a legend would cover a bar
     return _save(plt, fig, path)
 
 
