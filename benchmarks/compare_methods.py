@@ -5,12 +5,13 @@ runs do not share outputs), all logging into one MLflow store. Collects
 reports/metrics.json and the wall time, writes results/methods.json and prints the
 markdown rows of docs/methods.md.
 
-    python benchmarks/compare_methods.py --data DIR --eval-data DIR [--epochs 4] [--methods simclr,moco]
+    python benchmarks/compare_methods.py --data DIR --eval-data DIR [--epochs 4] [--methods simclr,moco] [--result NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--work", default="/tmp/sslpipe-compare", help="scratch folder for the per-method project roots")
+    parser.add_argument("--result", default="methods", help="results file name: benchmarks/results/<RESULT>.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
@@ -56,14 +58,17 @@ def main() -> None:
             rows.append({"method": method, "failed": out.stderr[-500:]})
             continue
         metrics = json.loads((root / "reports" / "metrics.json").read_text())
-        history = (root / "reports" / "pretrain" / "history.csv").read_text().splitlines()
-        first_loss, last_loss = float(history[1].split(",")[1]), float(history[-1].split(",")[1])
-        row = {"method": method, "minutes": minutes, "first_loss": first_loss, "last_loss": last_loss, **{
+        with open(root / "reports" / "pretrain" / "history.csv") as handle:
+            history = list(csv.DictReader(handle))
+        first_loss, last_loss = float(history[0]["loss"]), float(history[-1]["loss"])
+        images_per_s = [float(epoch["images_per_s"]) for epoch in history]
+        row = {"method": method, "minutes": minutes, "first_loss": first_loss, "last_loss": last_loss,
+               "images_per_s": sum(images_per_s) / len(images_per_s), **{
             f"{name}_{key}": metrics[name][key] for name in ("ssl", "random_init") for key in ("linear_probe_acc", "knn_acc")}}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     save_result(
-        "methods", {"epochs": args.epochs, "data": args.data, "eval_data": args.eval_data, "overrides": args.overrides, "rows": rows}
+        args.result, {"epochs": args.epochs, "data": args.data, "eval_data": args.eval_data, "overrides": args.overrides, "rows": rows}
     )
     print("\n| method | linear probe | kNN | random-init probe | random-init kNN | loss first → last | minutes |")
     for r in rows:

@@ -34,6 +34,14 @@ paper's 2x224 + 6x96 is the recipe for long runs on a GPU (``augment.local_crops
 Backbones: the CIFAR ResNet-18 (local crops have another size than the global views; the
 ViT's fixed position grid does not take them).
 Kept after training: ``encoder`` (projector, prototypes and queue are dropped).
+A BatchNorm ends the projector (``projector_batch_norm``; not in the paper). Without it, at
+a few epochs, a young encoder's embeddings all point nearly one way: every image scores
+alike against the prototypes, Sinkhorn's codes come out nearly uniform, the loss stays at
+ln K and the encoder learns nothing (3 epochs, 1 thread: kNN 0.231 / probe 0.241, below
+random init's 0.265 / 0.267). Normalising each dimension over the batch spreads the
+embeddings over the sphere before they meet the prototypes: the loss falls below ln K and
+seeds 0 / 1 reach probe 0.281 / 0.313 (kNN 0.249 / 0.252).
+
 Optimiser: the pipeline default (SGD, lr 0.3 per 256, cosine); the paper uses LARS, lr 4.8
 per 4096. Defaults for short runs (K 100, queue 1024 from a quarter of the run): see
 docs/methods.md for what changes for long ones.
@@ -80,11 +88,12 @@ class SwAV(nn.Module):
         queue_size: int = 1024,
         queue_start: float = 0.25,
         freeze_prototypes: float = 0.05,
+        projector_batch_norm: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.views = views
-        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim)
+        self.projector = ProjectionHead(encoder.feature_dim, hidden_dim, projection_dim, last_batch_norm=projector_batch_norm)
         self.prototypes = Prototypes(projection_dim, prototypes)
         self.temperature, self.sinkhorn_eps, self.sinkhorn_iterations = temperature, sinkhorn_eps, sinkhorn_iterations
         self.queue_start, self.freeze_prototypes = queue_start, freeze_prototypes

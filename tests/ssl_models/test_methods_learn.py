@@ -2,7 +2,7 @@
 and lifts kNN or linear-probe accuracy above the same architecture at random init.
 
 Slow (10-200 s per method on one thread, as `make test`'s two workers run them; about 17 min
-of one core in all); CI runs them. SwAV is a known failure, not run (KNOWN_FAILING).
+of one core in all); CI runs them.
 """
 
 import copy
@@ -114,9 +114,7 @@ def random_init_scores(data):
 
 # Not run (reported as xfail with the reason): a known failure would cost CI minutes to
 # fail again; run them by hand with --runxfail when working on these methods.
-KNOWN_FAILING = {
-    "swav": "3 epochs, 1 thread: loss 4.591 4.534 4.694 (queue on), kNN 0.231 / probe 0.241 vs random 0.265 / 0.267 (2026-12-02)",
-}
+KNOWN_FAILING: dict[str, str] = {}  # none since SwAV's projector ends with BatchNorm (ssl_models/methods/swav.py)
 
 
 @pytest.mark.slow
