@@ -50,6 +50,9 @@ class Stage:
     result: str = ""  # tasks.core.results class its function returns
     model_run: bool = False  # logs into the run of the model it is given, not a run of its own
     plots: tuple[dict, ...] = field(default_factory=tuple)
+    # packages it imports a module of by name at run time (the SSL method ``pretrain.method``
+    # names), which no import statement shows: every module in them is its code too
+    picks: tuple[str, ...] = ()
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -139,6 +142,7 @@ PIPELINE: tuple[Stage, ...] = (
         outs=(Out("models/encoder"), Out("reports/pretrain/curves.png", cache=False)),
         plots=({"reports/pretrain/history.csv": {"cache": False, "x": "epoch", "y": "loss"}},),
         result="Pretrained",
+        picks=("ssl_models.methods",),
     ),
     Stage(
         "evaluate",

@@ -2,62 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ssl_models.augment import ViewPolicy
-from ssl_models.encoder import Encoder
-from ssl_models.methods.barlow_twins import BarlowTwins
-from ssl_models.methods.base import SSLMethod, StepOutput
-from ssl_models.methods.byol import BYOL
-from ssl_models.methods.colorization import Colorization
-from ssl_models.methods.dino import DINO
-from ssl_models.methods.ibot import IBOT
-from ssl_models.methods.inpainting import Inpainting
-from ssl_models.methods.mae import MAE
-from ssl_models.methods.mlm import MLM
-from ssl_models.methods.moco import MoCo
-from ssl_models.methods.mocov3 import MoCoV3
-from ssl_models.methods.nnclr import NNCLR
-from ssl_models.methods.relative_patch import RelativePatchLocation
-from ssl_models.methods.rotation import RotationPrediction
-from ssl_models.methods.simclr import SimCLR
-from ssl_models.methods.simsiam import SimSiam
-from ssl_models.methods.swav import SwAV
-from ssl_models.methods.vicreg import VICReg
+if TYPE_CHECKING:
+    from ssl_models.augment import ViewPolicy
+    from ssl_models.encoder import Encoder
+    from ssl_models.methods.base import SSLMethod
 
-METHODS: dict[str, type] = {
-    "simclr": SimCLR,
-    "moco": MoCo,
-    "byol": BYOL,
-    "simsiam": SimSiam,
-    "barlow_twins": BarlowTwins,
-    "vicreg": VICReg,
-    "mae": MAE,
-    "rotation": RotationPrediction,
-    "relative_patch": RelativePatchLocation,
-    "colorization": Colorization,
-    "inpainting": Inpainting,
-    "dino": DINO,
-    "ibot": IBOT,
-    "swav": SwAV,
-    "nnclr": NNCLR,
-    "mocov3": MoCoV3,
+# Each method's module in this package and its class, imported when first asked for: a stage
+# that runs one method's code (augment runs MLM's masking) then imports, and so depends on, that
+# file only. The pretrain stage, which runs whichever ``pretrain.method`` names, lists every
+# module of this package as its code (tasks/stages.py: ``picks``).
+_IMAGE_METHODS = {  # name -> "module:Class"
+    "simclr": "simclr:SimCLR",
+    "moco": "moco:MoCo",
+    "byol": "byol:BYOL",
+    "simsiam": "simsiam:SimSiam",
+    "barlow_twins": "barlow_twins:BarlowTwins",
+    "vicreg": "vicreg:VICReg",
+    "mae": "mae:MAE",
+    "rotation": "rotation:RotationPrediction",
+    "relative_patch": "relative_patch:RelativePatchLocation",
+    "colorization": "colorization:Colorization",
+    "inpainting": "inpainting:Inpainting",
+    "dino": "dino:DINO",
+    "ibot": "ibot:IBOT",
+    "swav": "swav:SwAV",
+    "nnclr": "nnclr:NNCLR",
+    "mocov3": "mocov3:MoCoV3",
 }
-
 # Methods over token ids (ssl_models/text.py's TextEncoder), kept apart from the image methods:
 # they take text data, a text encoder, and register as a text model.
-TEXT_METHODS: dict[str, type] = {"mlm": MLM}
+_TEXT_METHODS = {"mlm": "mlm:MLM"}
+
+
+def __getattr__(name: str) -> dict[str, type]:
+    """``METHODS`` and ``TEXT_METHODS``: name -> class, importing every method (PEP 562)."""
+    if name == "METHODS":
+        return {method: method_class(method) for method in _IMAGE_METHODS}
+    if name == "TEXT_METHODS":
+        return {method: method_class(method) for method in _TEXT_METHODS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def method_class(name: str) -> type:
-    known = METHODS | TEXT_METHODS
+    known = _IMAGE_METHODS | _TEXT_METHODS
     if name not in known:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(known)}")
-    return known[name]
+    module, cls = known[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def is_text_method(name: str) -> bool:
-    return name in TEXT_METHODS
+    return name in _TEXT_METHODS
 
 
 def default_backbone(name: str) -> str:
@@ -82,6 +80,9 @@ def check_image_size(name: str, image_size: int, backbone: str = "auto", **hpara
     (patch grids, MAE's patches, relative-patch geometry, decoders) without a list to keep."""
     import torch
 
+    from ssl_models.augment import ViewPolicy
+    from ssl_models.encoder import Encoder
+
     if not 32 <= image_size <= 512:
         raise ValueError(f"image size {image_size} px: the pipeline supports 32 to 512 px")
     backbone = default_backbone(name) if backbone == "auto" else backbone
@@ -102,8 +103,6 @@ def build_method(name: str, encoder: Encoder, views: ViewPolicy, **hparams: Any)
 __all__ = [
     "METHODS",
     "TEXT_METHODS",
-    "SSLMethod",
-    "StepOutput",
     "build_method",
     "check_image_size",
     "default_backbone",

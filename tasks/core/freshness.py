@@ -113,8 +113,10 @@ def code_deps(module: str) -> tuple[str, ...]:
 
 def stage_code_deps(stage: Stage) -> tuple[str, ...]:
     """The project files a stage runs: its shell's and every modality's part's (one dvc.yaml serves
-    images and text, so a change to either part reruns the stage: simple, and never stale)."""
-    return tuple(sorted({path for module in stage.modules for path in code_deps(module)}))
+    images and text, so a change to either part reruns the stage: simple, and never stale), and
+    every module of the packages it picks a module from by name (``Stage.picks``)."""
+    picked = [f"{package}.{path.stem}" for package in stage.picks for path in sorted(REPO.joinpath(*package.split(".")).glob("*.py"))]
+    return tuple(sorted({path for module in (*stage.modules, *picked) for path in code_deps(module)}))
 
 
 # --- the resume key --------------------------------------------------------------------------

@@ -60,6 +60,17 @@ def test_code_deps_follow_the_imports():
     assert {"tasks/registry/promotion.py", "tasks/evaluation/scoring.py", "ssl_models/evaluation.py"} <= set(register)
 
 
+def test_pretrain_depends_on_every_method_and_augment_on_the_one_it_runs():
+    """Methods are imported by name (``pretrain.method``), which no import statement shows, so
+    pretrain lists the whole package; augment runs MLM's masking only, so a change to SwAV must
+    not rerun it."""
+    methods = {path.relative_to(REPO).as_posix() for path in (REPO / "ssl_models/methods").glob("*.py")}
+    assert len(methods) > 15
+    assert methods <= set(stage_code_deps(STAGES["pretrain"]))
+    augment = {path for path in stage_code_deps(STAGES["augment"]) if path.startswith("ssl_models/methods/")}
+    assert augment == {"ssl_models/methods/__init__.py", "ssl_models/methods/base.py", "ssl_models/methods/mlm.py"}
+
+
 def test_a_stage_depends_on_no_code_it_cannot_run():
     """Another stage's shell or parts, or the training and SSL methods for the data stages, in a
     stage's deps would rerun it for nothing (an SSL method's change re-validating the data)."""
