@@ -138,7 +138,9 @@ def champion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
             )
             break
         except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            # "Not found" from a create: the lock existed, so the insert failed, and its holder
+            # deleted it before the server looked it up to word the error. It is free: try again.
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         _take_over_if_stale(client, lock)
         if time.monotonic() > deadline:
