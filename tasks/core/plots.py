@@ -168,9 +168,9 @@ def augment_preview(
     pixels look larger."""
     plt = _pyplot()
     rows = [("original", _as_hwc(images)), ("view 1", _as_hwc(views1)), ("view 2", _as_hwc(views2))]
-    rows += [(f"local {i + 1}", _as_hwc(crops)) for i, crops in enumerate(local_views)]
+    rows += [(f"local {i + 1} ({crops.shape[-1]} px)", _as_hwc(crops)) for i, crops in enumerate(local_views)]
     if local_views and title == "Augmentation preview: two random views of each image":
-        title = f"Augmentation preview: two random views and {len(local_views)} local crops of each image"
+        title = f"Augmentation preview: two random {views1.shape[-1]} px views and {len(local_views)} local crops of each image"
     columns = len(rows[0][1])
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns + 1.0, 1.5 * len(rows) + 0.7), squeeze=False)
     for r, (label, pictures) in enumerate(rows):

@@ -92,9 +92,9 @@ def test_augment_preview_shows_local_crops_as_rows_of_their_own(tmp_path, monkey
     crops = [images[:, :, :16, :16], images[:, :, 16:, 16:]]
     plots.augment_preview(images, images, images, tmp_path / "preview.png", local_views=crops)
     axes = np.array(saved["fig"].axes).reshape(5, 4)
-    assert [axes[r][0].get_ylabel() for r in range(5)] == ["original", "view 1", "view 2", "local 1", "local 2"]
+    assert [axes[r][0].get_ylabel() for r in range(5)] == ["original", "view 1", "view 2", "local 1 (16 px)", "local 2 (16 px)"]
     assert axes[3][0].images[0].get_array().shape == (16, 16, 3)
-    assert "2 local crops" in saved["fig"].texts[0].get_text()
+    assert "32 px views and 2 local crops" in saved["fig"].texts[0].get_text()
 
 
 @pytest.mark.parametrize("epochs", [1, 3, 30])
